@@ -1,0 +1,174 @@
+/**
+ * One supervised worker per target. A worker sets its target up, then loops:
+ * wait for a wake-up, claim what is due, dispatch each task to a session of
+ * its own. A target that fails is logged and started again with backoff;
+ * the others carry on.
+ */
+import {
+  Cause, Context, Deferred, Duration, Effect, FiberMap, Layer, Pool, Queue, Schedule, Stream, SubscriptionRef
+} from "effect"
+import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
+import * as Claimer from "./Claimer.js"
+import { Clock } from "./Clock.js"
+import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
+import { Database } from "./Database.js"
+import * as Executor from "./Executor.js"
+import * as Session from "./internal/session.js"
+import type { ClaimedTask } from "./Task.js"
+
+export interface SchedulerOptions {
+  /** How long running tasks may go on after shutdown begins; then they are cancelled. */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+}
+
+/** What wakes a worker before its poll interval ends. */
+type Wake = "PLAN" | "STOP" | "END"
+
+export interface SchedulerService {
+  /** Completes once every target's worker has set its table up. */
+  readonly ready: Effect.Effect<ReadonlyArray<TaskTable>>
+}
+
+export class Scheduler extends Context.Tag("pg-task/Scheduler")<Scheduler, SchedulerService>() {
+  static readonly layer = (options: SchedulerOptions = {}) => Layer.scoped(Scheduler, make(options))
+}
+
+const make = (options: SchedulerOptions) =>
+  Effect.gen(function*() {
+    const { targets } = yield* PgTaskConfig
+    const shutdown = yield* Deferred.make<void>()
+    const grace = Duration.decode(options.shutdownTimeout ?? Duration.seconds(30))
+    const workers = yield* Effect.forEach(targets, (target) => makeWorker(target, shutdown))
+    for (const worker of workers) {
+      yield* worker.run.pipe(
+        Effect.annotateLogs({ module: "Scheduler", target: describeTarget(worker.target) }),
+        Effect.forkScoped
+      )
+    }
+    // Runs before the workers are interrupted: stop claiming, then give
+    // running tasks the grace period to finish.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        yield* Deferred.succeed(shutdown, undefined)
+        yield* Effect.forEach(workers, (worker) => worker.drained, { concurrency: "unbounded" }).pipe(
+          Effect.timeoutOption(grace)
+        )
+      })
+    )
+    return Scheduler.of({
+      ready: Effect.forEach(workers, (worker) => Deferred.await(worker.ready))
+    })
+  })
+
+const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
+  Effect.gen(function*() {
+    const database = yield* Database
+    const clock = yield* Clock
+    const ready = yield* Deferred.make<TaskTable>()
+    const running = yield* SubscriptionRef.make(0)
+    const session = Session.open(database.clientConfig(target.data, target.user), "connect to the target")
+    const once = Effect.gen(function*() {
+      yield* ensureDatabase(database.admin, target)
+      const worker = yield* session
+      yield* Claimer.holdLiveLock(worker)
+      const table = yield* ensureTable(worker, target)
+      const wake = yield* Queue.dropping<Wake>(64)
+      worker.onNotification((message) => {
+        if (message.channel === table.channel) Queue.unsafeOffer(wake, message.payload === "STOP" ? "STOP" : "PLAN")
+      })
+      yield* worker.query(`LISTEN ${quote(table.channel)}`)
+      const sessions = yield* Pool.makeWithTTL({
+        acquire: Effect.tap(session, Claimer.holdLiveLock),
+        min: 0,
+        max: target.run,
+        timeToLive: Duration.minutes(1),
+        timeToLiveStrategy: "usage"
+      })
+      const lock = yield* Effect.makeSemaphore(1)
+      const link: Executor.WorkerLink = {
+        table,
+        clock,
+        sessions,
+        book: (work) => lock.withPermits(1)(work(worker))
+      }
+      const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
+        ids.length === 0
+          ? Effect.void
+          : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(Effect.annotateLogs("tasks", ids)))
+      yield* reset
+      yield* Effect.logInfo("target started").pipe(
+        Effect.annotateLogs({ database: target.data, table: `${table.schema}.${target.table}`, role: target.user })
+      )
+      yield* Deferred.succeed(ready, table)
+      const fibers = yield* FiberMap.make<string>()
+      const stops = new Map<string, Executor.StopSignal>()
+      const dispatch = (task: ClaimedTask) =>
+        Effect.gen(function*() {
+          const stop = yield* Deferred.make<void>()
+          stops.set(task.id, stop)
+          yield* SubscriptionRef.update(running, (n) => n + 1)
+          yield* FiberMap.run(
+            fibers,
+            task.id,
+            Executor.execute(link, task, stop).pipe(
+              Effect.ensuring(Effect.suspend(() => {
+                stops.delete(task.id)
+                return SubscriptionRef.update(running, (n) => n - 1)
+              })),
+              Effect.ensuring(Queue.offer(wake, "END"))
+            )
+          )
+        })
+      const stopRequested = Effect.gen(function*() {
+        if (stops.size === 0) return
+        const rows = yield* link.book((s) =>
+          s.query<{ id: string }>(
+            `SELECT id::text FROM ${table.name} WHERE id = ANY($1::bigint[]) AND state = 'STOP'`,
+            [[...stops.keys()]]
+          )
+        )
+        for (const { id } of rows) yield* Deferred.succeed(stops.get(id)!, undefined).pipe(Effect.when(() => stops.has(id)))
+      })
+      let checks = 0
+      while (true) {
+        const now = yield* clock.now
+        const stopping = yield* Deferred.isDone(shutdown)
+        const free = target.run - (yield* SubscriptionRef.get(running))
+        if (free > 0 && !stopping) {
+          const tasks = yield* link.book((s) => Claimer.claim(s, table, now, free))
+          yield* Effect.forEach(tasks, dispatch, { discard: true })
+        }
+        checks += 1
+        if (checks % target.reset === 0) yield* reset
+        yield* stopRequested
+        const next = yield* link.book((s) => Claimer.nextDue(s, table, now))
+        const deadline = Math.min(now + target.timeout, next ?? Infinity)
+        const woken = yield* Effect.raceAll([
+          Queue.take(wake),
+          Effect.as(clock.sleepUntil(deadline), "PLAN" as const),
+          stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
+        ])
+        const more = yield* Queue.takeAll(wake)
+        if (woken === "STOP" || [...more].includes("STOP")) yield* stopRequested
+      }
+    }).pipe(Effect.scoped)
+
+    const run = once.pipe(
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.interrupt
+          : Effect.logError("target failed; it starts again after a pause", Cause.squash(cause))
+      ),
+      Effect.repeat(Schedule.exponential(Duration.seconds(1), 2).pipe(
+        Schedule.union(Schedule.spaced(Duration.seconds(30)))
+      ))
+    )
+    return {
+      target,
+      run,
+      ready,
+      /** Completes when no task of this target runs any more. */
+      drained: running.changes.pipe(Stream.takeUntil((n) => n === 0), Stream.runDrain)
+    }
+  })
+

@@ -1,0 +1,223 @@
+/**
+ * One PostgreSQL session as an Effect resource. Task sessions need what a
+ * pooled SQL client hides: the backend pid, the key to cancel a query
+ * without borrowing another connection, every statement's command tag, and
+ * values in PostgreSQL's own text form.
+ */
+import { Effect, Either, Scope } from "effect"
+import * as net from "node:net"
+import Pg from "pg"
+import { DatabaseError } from "../Errors.js"
+import { formatError, type StatementResult } from "../Output.js"
+import { redact } from "../Conninfo.js"
+
+export interface Session {
+  /** The backend process id, as `pg_backend_pid()` gives it. */
+  readonly pid: number
+  /** Runs bookkeeping SQL with parameters; values are parsed as node-postgres does. */
+  readonly query: <A = Record<string, unknown>>(
+    text: string,
+    params?: ReadonlyArray<unknown>
+  ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
+  /**
+   * Runs a task's SQL: one or more statements in the simple protocol.
+   * Interrupting it cancels the query on the server and waits until the
+   * backend is idle again.
+   */
+  readonly run: (text: string) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
+  /** False once the connection broke; such a session is closed, never reused. */
+  readonly isHealthy: () => boolean
+  readonly onNotification: (listener: (message: Pg.Notification) => void) => void
+}
+
+/** How a task's SQL failed, already in the text written to `error`. */
+export class TaskFailure {
+  readonly _tag = "TaskFailure"
+  constructor(readonly error: string, readonly code?: string) {}
+}
+
+const describeCause = (cause: unknown) => redact(cause instanceof Error ? cause.message : String(cause))
+
+export const databaseError = (action: string) => (cause: unknown) =>
+  new DatabaseError({
+    action,
+    code: (cause as { code?: string } | null)?.code,
+    reason: describeCause(cause)
+  })
+
+/** Opens a session that is closed when the scope closes. */
+export const open = (
+  config: Pg.ClientConfig,
+  purpose: string
+): Effect.Effect<Session, DatabaseError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async (signal) => {
+        const client = new Pg.Client(config)
+        let healthy = true
+        // A broken socket is reported here and by the failing query; without
+        // a listener the error would end the process.
+        client.on("error", () => {
+          healthy = false
+        })
+        client.on("end", () => {
+          healthy = false
+        })
+        signal.addEventListener("abort", () => void client.end().catch(() => undefined))
+        await client.connect()
+        return { client, isHealthy: () => healthy }
+      },
+      catch: databaseError(purpose)
+    }),
+    ({ client }) => Effect.promise(() => client.end().catch(() => undefined))
+  ).pipe(Effect.map(({ client, isHealthy }) => make(client, config, isHealthy)))
+
+const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boolean): Session => ({
+  pid: (client as unknown as { processID: number }).processID,
+  isHealthy,
+  onNotification: (listener) => void client.on("notification", listener),
+  query: <A>(text: string, params: ReadonlyArray<unknown> = []) =>
+    Effect.tryPromise({
+      try: () => client.query(text, params as Array<unknown>).then((result) => result.rows as ReadonlyArray<A>),
+      catch: databaseError("query")
+    }),
+  run: (text) => runTask(client, config, text)
+})
+
+const runTask = (client: Pg.Client, config: Pg.ClientConfig, text: string) =>
+  Effect.async<ReadonlyArray<StatementResult>, TaskFailure>((resume) => {
+    let finished = false
+    const waiters: Array<() => void> = []
+    const query = new TaskQuery(text, (outcome) => {
+      finished = true
+      waiters.splice(0).forEach((wake) => wake())
+      resume(Either.isRight(outcome) ? Effect.succeed(outcome.right) : Effect.fail(outcome.left))
+    }, () => cancel(client, config))
+    client.query(query as unknown as Pg.QueryConfig)
+    return Effect.async<void>((done) => {
+      if (finished) return done(Effect.void)
+      waiters.push(() => done(Effect.void))
+      cancel(client, config)
+    })
+  })
+
+/**
+ * Asks the server to cancel whatever the session runs, by the protocol's
+ * cancel request on a new socket: it needs no pooled connection, so it never
+ * waits behind busy ones. Cancelling is best effort, so a failure is ignored.
+ */
+const cancel = (client: Pg.Client, config: Pg.ClientConfig) => {
+  const { processID, secretKey } = client as unknown as { processID: number; secretKey: number }
+  const host = config.host ?? process.env.PGHOST ?? "localhost"
+  const port = Number(config.port ?? process.env.PGPORT ?? 5432)
+  const socket = host.startsWith("/")
+    ? net.connect(`${host}/.s.PGSQL.${port}`)
+    : net.connect(port, host)
+  const request = Buffer.alloc(16)
+  request.writeInt32BE(16, 0)
+  request.writeInt32BE(80877102, 4)
+  request.writeInt32BE(processID, 8)
+  request.writeInt32BE(secretKey, 12)
+  socket.setTimeout(5000, () => socket.destroy())
+  socket.on("error", () => socket.destroy())
+  socket.on("connect", () => socket.end(request))
+}
+
+type Outcome = Either.Either<ReadonlyArray<StatementResult>, TaskFailure>
+
+interface ServerMessage {
+  readonly fields: ReadonlyArray<{ readonly name: string }>
+}
+
+/**
+ * A query object that node-postgres drives message by message. It keeps each
+ * statement's command tag whole (`INSERT 0 1`, `CREATE TABLE`) and each value
+ * as the text the server sent, with no type parsing in between.
+ */
+class TaskQuery {
+  private readonly results: Array<StatementResult> = []
+  private columns: ReadonlyArray<string> | undefined
+  private rows: Array<ReadonlyArray<string | null>> = []
+  private copyRefused = false
+  private done = false
+
+  constructor(
+    readonly text: string,
+    private readonly finish: (outcome: Outcome) => void,
+    private readonly cancelQuery: () => void
+  ) {}
+
+  submit(connection: { query: (text: string) => void }) {
+    connection.query(this.text)
+  }
+
+  handleRowDescription(message: ServerMessage) {
+    this.columns = message.fields.map((field) => field.name)
+    this.rows = []
+  }
+
+  handleDataRow(message: { fields: ReadonlyArray<string | null> }) {
+    this.rows.push(message.fields)
+  }
+
+  handleCommandComplete(message: { text: string }) {
+    if (this.columns !== undefined) {
+      this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
+      this.columns = undefined
+      this.rows = []
+    } else {
+      this.results.push({ _tag: "Command", tag: message.text })
+    }
+  }
+
+  handleEmptyQuery() {}
+
+  handlePortalSuspended() {}
+
+  handleCopyInResponse(connection: { sendCopyFail: (message: string) => void }) {
+    this.copyRefused = true
+    connection.sendCopyFail("COPY FROM STDIN is not supported in tasks")
+  }
+
+  handleCopyData() {
+    // The server streams COPY TO STDOUT without waiting for us; cancelling
+    // rolls the task back instead of half-running it.
+    if (!this.copyRefused) {
+      this.copyRefused = true
+      this.cancelQuery()
+    }
+  }
+
+  handleError(error: unknown) {
+    if (this.copyRefused) return this.end(Either.left(copyFailure))
+    const server = error as Partial<Pg.DatabaseError>
+    const text = typeof server.severity === "string"
+      ? formatError({
+        severity: server.severity,
+        message: server.message ?? "",
+        detail: server.detail,
+        hint: server.hint,
+        where: server.where
+      })
+      : formatError({ message: describeCause(error) })
+    this.end(Either.left(new TaskFailure(text, server.code)))
+  }
+
+  handleReadyForQuery() {
+    this.end(this.copyRefused ? Either.left(copyFailure) : Either.right(this.results))
+  }
+
+  private end(outcome: Outcome) {
+    if (this.done) return
+    this.done = true
+    this.finish(outcome)
+  }
+}
+
+const copyFailure = new TaskFailure(
+  formatError({
+    message: "COPY TO STDOUT and COPY FROM STDIN are not supported in tasks",
+    hint: "Copy to or from a file or a program on the server instead."
+  }),
+  "0A000"
+)
