@@ -41,20 +41,26 @@ const renewed = new Set(["id", "parent", "plan", "start", "stop", "pid", "output
 
 const code = (error: unknown) => (error as { cause?: { code?: string } }).cause?.code
 
+/**
+ * Another instance created it first: duplicate object or database, or the
+ * unique index of the catalog when both got there at the same instant.
+ */
+const alreadyThere = (error: unknown) => ["42710", "42P04", "23505"].includes(code(error) ?? "")
+
 /** Creates the target's role and database when missing, on the admin connection. */
 export const ensureDatabase = (admin: SqlClient.SqlClient, target: Target) =>
   Effect.gen(function*() {
     const roles = yield* admin`SELECT 1 FROM pg_roles WHERE rolname = ${target.user}`
     if (roles.length === 0) {
       yield* admin.unsafe(`CREATE ROLE ${quote(target.user)} LOGIN`).pipe(
-        Effect.catchIf((error) => code(error) === "42710", () => Effect.void)
+        Effect.catchIf(alreadyThere, () => Effect.void)
       )
       yield* Effect.logInfo("created role").pipe(Effect.annotateLogs("role", target.user))
     }
     const databases = yield* admin`SELECT 1 FROM pg_database WHERE datname = ${target.data}`
     if (databases.length === 0) {
       yield* admin.unsafe(`CREATE DATABASE ${quote(target.data)} OWNER ${quote(target.user)}`).pipe(
-        Effect.catchIf((error) => code(error) === "42P04", () => Effect.void)
+        Effect.catchIf(alreadyThere, () => Effect.void)
       )
       yield* Effect.logInfo("created database").pipe(Effect.annotateLogs("database", target.data))
     }

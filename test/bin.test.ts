@@ -1,0 +1,84 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { cleanEnv, runBinary } from "./support/binary.js"
+import { createDatabase, dropDatabase, eventually, query, urlOf } from "./support/database.js"
+
+let database: string
+beforeAll(async () => {
+  database = await createDatabase("bin")
+})
+afterAll(() => dropDatabase(database))
+
+describe("the pg-task binary", () => {
+  it.each([
+    [["--json", `[{"data":"x","timeout":-5}]`], `flags: pg_task.json[0].timeout must be a positive integer, got "-5"`],
+    [["--json", `[{"data":"x"},{"data":5}]`], `flags: pg_task.json[1].data must be a non-empty name`],
+    [["--json", `[{"data":"x",`], `flags: pg_task.json is not valid JSON`],
+    [["--default-timeout", "0"], `flags: pg_task.default_timeout must be a positive integer, got "0"`]
+  ])("refuses bad settings %j before starting anything", async (args, message) => {
+    const binary = runBinary(["--url", urlOf(database), ...args])
+    expect(await binary.exited).toBe(1)
+    expect(binary.stderr()).toContain(message)
+    expect(binary.stdout()).not.toContain("target started")
+  })
+
+  it("names the environment when PG_TASK_JSON is bad", async () => {
+    const binary = runBinary(["--url", urlOf(database)], {
+      env: cleanEnv({ PG_TASK_JSON: `[{"data":"x","reset":"often"}]` })
+    })
+    expect(await binary.exited).toBe(1)
+    expect(binary.stderr()).toContain(`environment: pg_task.json[0].reset must be a positive integer, got "often"`)
+  })
+
+  it("runs a task on the server it is given and exits 0 on SIGTERM", async () => {
+    const binary = runBinary(["--url", urlOf(database), "--json", JSON.stringify([{ data: database }])])
+    await binary.waitFor(/target started/)
+    const [{ id }] = await query<{ id: string }>(database, "INSERT INTO task (input) VALUES ('SELECT 40 + 2') RETURNING id")
+    const [row] = await eventually(
+      () => query(database, "SELECT state, output FROM task WHERE id = $1", [id]),
+      ([task]) => task?.state === "DONE"
+    )
+    expect(row!.output).toBe("42")
+    binary.child.kill("SIGTERM")
+    expect(await binary.exited).toBe(0)
+  })
+
+  it("with no server named, runs on an embedded PostgreSQL and stops it on exit", async () => {
+    const cwd = fs.mkdtempSync(path.join(os.tmpdir(), "pg-task-embedded-"))
+    fs.chmodSync(cwd, 0o755)
+    try {
+      const binary = runBinary(["--embedded-port", "0"], { cwd })
+      const [, url] = await binary.waitFor(/connect: psql (\S+)/, 120)
+      await binary.waitFor(/target started/, 60)
+      expect(binary.stdout()).toContain("INSERT INTO task (input) VALUES ('SELECT now()');")
+      expect(fs.existsSync(path.join(cwd, ".pg-task", "postgres", "PG_VERSION"))).toBe(true)
+      const run = async (text: string) => {
+        const client = new (await import("pg")).default.Client({ connectionString: url })
+        await client.connect()
+        try {
+          return (await client.query(text)).rows
+        } finally {
+          await client.end()
+        }
+      }
+      const [{ id }] = await run("INSERT INTO task (input) VALUES ('SELECT now()') RETURNING id")
+      const [row] = await eventually(() => run(`SELECT state, output FROM task WHERE id = ${id}`), ([task]) =>
+        task?.state === "DONE")
+      expect(Number.isNaN(Date.parse(row!.output))).toBe(false)
+      binary.child.kill("SIGTERM")
+      expect(await binary.exited).toBe(0)
+      const port = Number(new URL(url!).port)
+      const open = await new Promise<boolean>((resolve) => {
+        const socket = net.connect(port, "127.0.0.1")
+        socket.on("connect", () => (socket.destroy(), resolve(true)))
+        socket.on("error", () => resolve(false))
+      })
+      expect(open).toBe(false)
+    } finally {
+      fs.rmSync(cwd, { recursive: true, force: true })
+    }
+  }, 180_000)
+})
