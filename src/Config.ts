@@ -63,11 +63,12 @@ export const settingNames = {
 } as const satisfies Record<keyof RawSettings, { server: string; env: string }>
 
 const PositiveInt = Schema.Int.pipe(Schema.positive(), Schema.lessThanOrEqualTo(2147483647))
-const Name = Schema.NonEmptyTrimmedString.pipe(Schema.maxLength(63))
+// PostgreSQL cuts names at 63 bytes, not characters.
+const Name = Schema.NonEmptyTrimmedString.pipe(Schema.filter((name) => Buffer.byteLength(name) <= 63))
 const PositiveIntText = Schema.compose(Schema.NumberFromString, PositiveInt)
 
 const checks = {
-  name: { schema: Name, expected: "must be a non-empty name of at most 63 characters" },
+  name: { schema: Name, expected: "must be a non-empty name of at most 63 bytes" },
   positive: { schema: PositiveInt, expected: "must be a positive integer" }
 } as const
 
@@ -172,7 +173,9 @@ const decodeTargets = (
       }
       const values: Record<string, unknown> = {}
       for (const [key, value] of Object.entries(entry)) {
-        const spec: Check | undefined = (targetKeys as Record<string, Check>)[key]
+        const spec: Check | undefined = Object.hasOwn(targetKeys, key)
+          ? (targetKeys as Record<string, Check>)[key]
+          : undefined
         if (spec === undefined) {
           warnings.push(`${source}: ${at}.${key} is not a known key and is ignored`)
           continue

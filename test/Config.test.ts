@@ -140,14 +140,21 @@ describe("resolve, sources", () => {
   it("counts the empty string as not given", () => {
     const settings = resolved([
       ["server", { default_table: "t1", default_timeout: "500", json: "[{\"data\":\"srv\"}]" }],
-      ["environment", { default_table: "", default_timeout: "", default_reset: "", default_run: "", json: "" }],
+      ["environment", {
+        default_table: "",
+        default_timeout: "",
+        default_reset: "",
+        default_run: "",
+        json: ""
+      }],
       ["flags", { default_table: "", json: "" }]
     ]).settings
     expect(settings.defaultTable).toBe("t1")
     expect(settings.defaultTimeout).toBe(500)
     expect(settings.defaultReset).toBe(60)
     expect(settings.targets).toEqual([target("srv", { table: "t1", timeout: 500 })])
-    expect(resolved([["flags", { default_table: "", json: "" }]]).settings.targets).toEqual([target("postgres")])
+    expect(resolved([["flags", { default_table: "", json: "" }]]).settings.targets)
+      .toEqual([target("postgres")])
   })
 
   it("does not check a value that a later source replaces", () => {
@@ -184,7 +191,10 @@ describe("resolve, sources", () => {
     expect(failure([["flags", { default_timeout: "1.5" }]]).message)
       .toBe("flags: pg_task.default_timeout must be a positive integer, got \"1.5\"")
     expect(failure([["flags", { default_table: "t".repeat(64) }]]).message)
-      .toBe(`flags: pg_task.default_table must be a non-empty name of at most 63 characters, got "${"t".repeat(64)}"`)
+      .toBe(
+        "flags: pg_task.default_table must be a non-empty name of at most 63 bytes, " +
+          `got "${"t".repeat(64)}"`
+      )
   })
 })
 
@@ -215,12 +225,13 @@ describe("resolve, bad pg_task.json", () => {
   })
 
   it("rejects JSON that is not an array of objects", () => {
-    expect(failure([["server", { json: "{\"data\":\"x\"}" }]]).message)
-      .toBe("server: pg_task.json must be a non-empty JSON array of objects, got \"{\\\"data\\\":\\\"x\\\"}\"")
-    expect(jsonError("\"postgres\"")).toBe("flags: pg_task.json must be a non-empty JSON array of objects, got \"postgres\"")
-    expect(jsonError("42")).toBe("flags: pg_task.json must be a non-empty JSON array of objects, got \"42\"")
-    expect(jsonError("null")).toBe("flags: pg_task.json must be a non-empty JSON array of objects, got \"null\"")
-    expect(jsonError("[]")).toBe("flags: pg_task.json must be a non-empty JSON array of objects, got \"[]\"")
+    const expected = "pg_task.json must be a non-empty JSON array of objects"
+    expect(failure([["server", { json: '{"data":"x"}' }]]).message)
+      .toBe(`server: ${expected}, got "{\\"data\\":\\"x\\"}"`)
+    expect(jsonError('"postgres"')).toBe(`flags: ${expected}, got "postgres"`)
+    expect(jsonError("42")).toBe(`flags: ${expected}, got "42"`)
+    expect(jsonError("null")).toBe(`flags: ${expected}, got "null"`)
+    expect(jsonError("[]")).toBe(`flags: ${expected}, got "[]"`)
   })
 
   it("rejects entries that are not objects, naming the entry", () => {
@@ -236,19 +247,22 @@ describe("resolve, bad pg_task.json", () => {
       .toBe("flags: pg_task.json[0].timeout must be a positive integer, got \"abc\"")
     expect(jsonError("[{\"timeout\":1.5}]"))
       .toBe("flags: pg_task.json[0].timeout must be a positive integer, got \"1.5\"")
-    expect(jsonError("[{\"reset\":0}]")).toBe("flags: pg_task.json[0].reset must be a positive integer, got \"0\"")
-    expect(jsonError("[{\"run\":true}]")).toBe("flags: pg_task.json[0].run must be a positive integer, got \"true\"")
+    expect(jsonError('[{"reset":0}]'))
+      .toBe('flags: pg_task.json[0].reset must be a positive integer, got "0"')
+    expect(jsonError('[{"run":true}]'))
+      .toBe('flags: pg_task.json[0].run must be a positive integer, got "true"')
     expect(jsonError("[{\"timeout\":2147483648}]"))
       .toBe("flags: pg_task.json[0].timeout must be a positive integer, got \"2147483648\"")
   })
 
   it("rejects names of the wrong type, empty, or over 63 characters", () => {
-    const expected = "must be a non-empty name of at most 63 characters"
+    const expected = "must be a non-empty name of at most 63 bytes"
     expect(jsonError("[{\"data\":5}]")).toBe(`flags: pg_task.json[0].data ${expected}, got "5"`)
     expect(jsonError("[{\"data\":\"\"}]")).toBe(`flags: pg_task.json[0].data ${expected}, got ""`)
     expect(jsonError("[{\"data\":\"a\",\"user\":[\"u\"]}]"))
       .toBe(`flags: pg_task.json[0].user ${expected}, got "[\\"u\\"]"`)
-    expect(jsonError("[{\"data\":\"a\",\"schema\":null}]")).toBe(`flags: pg_task.json[0].schema ${expected}, got "null"`)
+    expect(jsonError('[{"data":"a","schema":null}]'))
+      .toBe(`flags: pg_task.json[0].schema ${expected}, got "null"`)
     const long = "x".repeat(64)
     expect(jsonError(`[{"data":"a"},{"data":"b","table":"${long}"}]`))
       .toBe(`flags: pg_task.json[1].table ${expected}, got "${long}"`)
@@ -264,7 +278,7 @@ describe("resolve, bad pg_task.json", () => {
   })
 
   it("accepts the same database with another table or schema", () => {
-    expect(targets("[{\"data\":\"a\"},{\"data\":\"a\",\"table\":\"t2\"},{\"data\":\"a\",\"schema\":\"s\"}]")).toEqual([
+    expect(targets('[{"data":"a"},{"data":"a","table":"t2"},{"data":"a","schema":"s"}]')).toEqual([
       target("a"),
       target("a", { table: "t2" }),
       target("a", { schema: "s" })
@@ -274,7 +288,7 @@ describe("resolve, bad pg_task.json", () => {
 
 describe("resolve, unknown keys", () => {
   it("warns about unknown keys by name and ignores them", () => {
-    const result = resolved([["server", { json: "[{\"data\":\"a\"},{\"data\":\"b\",\"sleep\":5,\"Timeout\":1}]" }]])
+    const result = resolved([["server", { json: '[{"data":"a"},{"data":"b","sleep":5,"Timeout":1}]' }]])
     expect(result.settings.targets).toEqual([target("a"), target("b")])
     expect(result.warnings).toEqual([
       "server: pg_task.json[1].sleep is not a known key and is ignored",
@@ -340,7 +354,8 @@ describe("fromEnvironment", () => {
   })
 
   it("names the environment as the source of a bad variable", () => {
-    const error = failure([["environment", fromEnvironment({ PG_TASK_JSON: "[{\"data\":\"a\",\"timeout\":-5}]" })]])
+    const env = fromEnvironment({ PG_TASK_JSON: '[{"data":"a","timeout":-5}]' })
+    const error = failure([["environment", env]])
     expect(error.message).toBe("environment: pg_task.json[0].timeout must be a positive integer, got \"-5\"")
   })
 })
@@ -370,7 +385,16 @@ describe("PgTaskConfig.layerFrom", () => {
     )
     expect(Either.isLeft(result)).toBe(true)
     if (Either.isLeft(result)) {
-      expect(result.left.message).toBe("flags: pg_task.json[0].timeout must be a positive integer, got \"-5\"")
+      expect(result.left.message).toBe('flags: pg_task.json[0].timeout must be a positive integer, got "-5"')
     }
+  })
+})
+
+describe("names are measured in bytes, as PostgreSQL does", () => {
+  it("refuses a name of 40 two-byte characters", () => {
+    const result = resolve([["flags", { json: JSON.stringify([{ data: "é".repeat(40) }]) }]])
+    expect(Either.isLeft(result) && result.left.message).toBe(
+      `flags: pg_task.json[0].data must be a non-empty name of at most 63 bytes, got "${"é".repeat(40)}"`
+    )
   })
 })

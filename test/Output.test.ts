@@ -118,7 +118,8 @@ describe("formatError", () => {
   })
 
   it("keeps multi-line context as the server sent it", () => {
-    expect(formatError({ message: "boom", where: "PL/pgSQL function g() line 1\nSQL statement \"SELECT g()\"" }))
+    const where = "PL/pgSQL function g() line 1\nSQL statement \"SELECT g()\""
+    expect(formatError({ message: "boom", where }))
       .toBe("ERROR:  boom\nCONTEXT:  PL/pgSQL function g() line 1\nSQL statement \"SELECT g()\"")
   })
 

@@ -61,7 +61,8 @@ describe("nextPlan, drift = true", () => {
   })
 
   it("keeps the grid after a day of downtime", () => {
-    expect(nextPlan({ plan, repeat: hour, drift: true }, plan + 24 * hour + 30 * minute)).toBe(plan + 25 * hour)
+    const stop = plan + 24 * hour + 30 * minute
+    expect(nextPlan({ plan, repeat: hour, drift: true }, stop)).toBe(plan + 25 * hour)
   })
 
   it("is plan + repeat when the stop lies before the plan", () => {
@@ -77,7 +78,7 @@ describe("nextPlan, drift = true", () => {
 
   it("is always on the grid, strictly after stop, and at most one repeat after it", () => {
     const repeat = 7 * second
-    for (let late = -2 * repeat; late <= 10 * repeat; late += 997) {
+    for (let late = 0; late <= 10 * repeat; late += 997) {
       const stop = plan + late
       const next = nextPlan({ plan, repeat, drift: true }, stop)!
       expect(next > stop).toBe(true)

@@ -1,47 +1,57 @@
 /**
- * Just enough of PostgreSQL's lexer to split a task's input into its
- * top-level statements: quoted strings and identifiers, dollar quotes and
- * comments are skipped whole, so a semicolon inside them splits nothing.
+ * Just enough of PostgreSQL's lexer to see a task's input as the server
+ * will: quoted strings and identifiers, dollar quotes and comments are
+ * opaque, so nothing inside them splits a statement or reads as a keyword.
  */
 
 const dollarTag = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/
+const word = /[A-Za-z0-9_]/
 
-/** The input's statements, trimmed, empty ones left out. */
-export const split = (input: string): Array<string> => {
-  const statements: Array<string> = []
-  let start = 0
+/**
+ * The input with every quoted string, quoted identifier, dollar quote and
+ * comment blanked out, character for character, so positions still match.
+ */
+export const mask = (input: string): string => {
+  let out = ""
   let i = 0
-  const skipTo = (end: number) => {
-    i = end < 0 ? input.length : end
+  const blank = (end: number) => {
+    const stop = Math.min(end, input.length)
+    out += input.slice(i, stop).replace(/[^\n]/g, " ")
+    i = stop
   }
   while (i < input.length) {
     const c = input[i]!
     const next = input[i + 1]
     if (c === "'") {
-      const escapes = i > 0 && /[eE]/.test(input[i - 1]!) && !/[A-Za-z0-9_]/.test(input[i - 2] ?? "")
-      i = endOfQuoted(input, i + 1, "'", escapes)
+      const escapes = /[eE]/.test(input[i - 1] ?? "") && !word.test(input[i - 2] ?? "")
+      blank(endOfQuoted(input, i + 1, "'", escapes))
     } else if (c === "\"") {
-      i = endOfQuoted(input, i + 1, "\"", false)
+      blank(endOfQuoted(input, i + 1, "\"", false))
     } else if (c === "-" && next === "-") {
       const end = input.indexOf("\n", i)
-      skipTo(end < 0 ? -1 : end + 1)
+      blank(end < 0 ? input.length : end)
     } else if (c === "/" && next === "*") {
-      i = endOfComment(input, i + 2)
-    } else if (c === "$" && !/[A-Za-z0-9_]/.test(input[i - 1] ?? "")) {
-      const tag = dollarTag.exec(input.slice(i))?.[0]
-      if (tag === undefined) {
-        i += 1
-      } else {
-        const end = input.indexOf(tag, i + tag.length)
-        skipTo(end < 0 ? -1 : end + tag.length)
-      }
-    } else if (c === ";") {
-      statements.push(input.slice(start, i))
-      i += 1
-      start = i
+      blank(endOfComment(input, i + 2))
+    } else if (c === "$" && !word.test(input[i - 1] ?? "") && dollarTag.test(input.slice(i))) {
+      const tag = dollarTag.exec(input.slice(i))![0]
+      const end = input.indexOf(tag, i + tag.length)
+      blank(end < 0 ? input.length : end + tag.length)
     } else {
+      out += c
       i += 1
     }
+  }
+  return out
+}
+
+/** The input's top-level statements, trimmed, empty ones left out. */
+export const split = (input: string): Array<string> => {
+  const masked = mask(input)
+  const statements: Array<string> = []
+  let start = 0
+  for (let i = masked.indexOf(";"); i >= 0; i = masked.indexOf(";", start)) {
+    statements.push(input.slice(start, i))
+    start = i + 1
   }
   statements.push(input.slice(start))
   return statements.map((statement) => statement.trim()).filter((statement) => statement.length > 0)
@@ -80,17 +90,11 @@ const endOfComment = (input: string, from: number) => {
   return i
 }
 
-const words = (statement: string) =>
-  statement
-    .replace(/'(?:[^']|'')*'/g, "''")
-    .replace(/--[^\n]*/g, " ")
-    .replace(/\/\*[\s\S]*?\*\//g, " ")
-
 /**
  * Whether a statement copies to or from the client, which a task cannot do:
  * there is no client to take the rows or give them.
  */
 export const copiesWithClient = (statement: string) => {
-  const text = words(statement)
-  return /^\s*copy\b/i.test(text) && /\b(to\s+stdout|from\s+stdin)\b/i.test(text)
+  const code = mask(statement)
+  return /^\s*copy\b/i.test(code) && /\b(to\s+stdout|from\s+stdin)\b/i.test(code)
 }

@@ -4,7 +4,8 @@ import { copiesWithClient, split } from "../../src/internal/statements.js"
 describe("split", () => {
   it("splits on top-level semicolons and trims", () => {
     expect(split("SELECT 1; SELECT 2")).toEqual(["SELECT 1", "SELECT 2"])
-    expect(split("  SELECT 1 ;\n\n  INSERT INTO t VALUES (1);  ")).toEqual(["SELECT 1", "INSERT INTO t VALUES (1)"])
+    expect(split("  SELECT 1 ;\n\n  INSERT INTO t VALUES (1);  "))
+      .toEqual(["SELECT 1", "INSERT INTO t VALUES (1)"])
   })
 
   it("gives one statement for input without a semicolon", () => {
@@ -71,7 +72,8 @@ describe("split", () => {
 
   it("does not split inside /* */ comments, nested ones included", () => {
     expect(split("SELECT /* a; b */ 1; SELECT 2")).toEqual(["SELECT /* a; b */ 1", "SELECT 2"])
-    expect(split("SELECT /* a /* b; */ c; */ 1; SELECT 2")).toEqual(["SELECT /* a /* b; */ c; */ 1", "SELECT 2"])
+    expect(split("SELECT /* a /* b; */ c; */ 1; SELECT 2"))
+      .toEqual(["SELECT /* a /* b; */ c; */ 1", "SELECT 2"])
     expect(split("SELECT /* -- ; */ 1; SELECT 2")).toEqual(["SELECT /* -- ; */ 1", "SELECT 2"])
     expect(split("SELECT 1 -- /* ;\n; SELECT 2")).toEqual(["SELECT 1 -- /* ;", "SELECT 2"])
   })
