@@ -12,6 +12,7 @@
  */
 import { Effect } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
+import type { DatabaseError } from "./Errors.js"
 import type { Session } from "./internal/session.js"
 import type { ClaimedTask, Outcome } from "./Task.js"
 
@@ -41,8 +42,12 @@ const taskColumns = (row: string) => `${row}.id::text AS id, ${row}."group", ${r
  */
 const claimStatement = (table: TaskTable, extra: string) => `
   WITH running AS (
-    SELECT "group", count(*) AS n FROM ${table.name}
-    WHERE state IN ('TAKE', 'WORK') GROUP BY "group"
+    SELECT "group", max(n) AS n FROM (
+      SELECT "group", count(*) AS n FROM ${table.name}
+      WHERE state IN ('TAKE', 'WORK') GROUP BY "group"
+      UNION ALL
+      SELECT * FROM unnest($3::text[], $4::bigint[])
+    ) AS counted GROUP BY "group"
   ), due AS (
     SELECT id, max, plan, "group",
       row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank
@@ -58,14 +63,22 @@ const claimStatement = (table: TaskTable, extra: string) => `
   FROM picked WHERE task.id = picked.id AND task.state = 'PLAN'
   RETURNING ${taskColumns("task")}`
 
-const inTransaction = <A, E>(session: Session, table: TaskTable, body: Effect.Effect<A, E>) =>
+/**
+ * Runs a claim under the table's claim lock. Moving a row between the
+ * partitions of a table partitioned by state can meet a concurrent change
+ * of the same row as a serialization failure; the claim is then tried again.
+ */
+const inTransaction = <A>(session: Session, table: TaskTable, body: Effect.Effect<A, DatabaseError>) =>
   Effect.gen(function*() {
     yield* session.query("BEGIN")
     yield* session.query("SELECT pg_advisory_xact_lock($1, $2)", [claimLock, table.oid])
     const result = yield* body
     yield* session.query("COMMIT")
     return result
-  }).pipe(Effect.tapErrorCause(() => session.query("ROLLBACK").pipe(Effect.ignore)))
+  }).pipe(
+    Effect.tapErrorCause(() => session.query("ROLLBACK").pipe(Effect.ignore)),
+    Effect.retry({ while: (error) => error.code === "40001", times: 3 })
+  )
 
 /** RETURNING keeps no order; tasks start in the order they were taken. */
 const inClaimOrder = (tasks: ReadonlyArray<ClaimedTask>) =>
@@ -73,12 +86,23 @@ const inClaimOrder = (tasks: ReadonlyArray<ClaimedTask>) =>
     b.max - a.max || a.plan - b.plan || (BigInt(a.id) < BigInt(b.id) ? -1 : 1)
   )
 
-/** Claims due tasks for this worker; `now` is the scheduler's clock. */
-export const claim = (session: Session, table: TaskTable, now: number, limit: number) =>
+/**
+ * Claims due tasks for this worker; `now` is the scheduler's clock. The
+ * groups this instance is running count as at least `inProcess` says: the
+ * in-process gate, so that this instance never oversubscribes a group even
+ * if rows were changed under it.
+ */
+export const claim = (
+  session: Session,
+  table: TaskTable,
+  now: number,
+  limit: number,
+  inProcess: ReadonlyMap<string, number> = new Map()
+) =>
   inTransaction(
     session,
     table,
-    session.query<ClaimedTask>(claimStatement(table, ""), [now, limit])
+    session.query<ClaimedTask>(claimStatement(table, ""), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
   ).pipe(Effect.map(inClaimOrder))
 
 /**
@@ -90,8 +114,8 @@ export const claimNext = (session: Session, table: TaskTable, now: number, after
     session,
     table,
     session.query<ClaimedTask>(
-      claimStatement(table, `AND "group" = $3 AND remote IS NOT DISTINCT FROM $4 AND max >= $5`),
-      [now, 1, after.group, after.remote, after.max]
+      claimStatement(table, `AND "group" = $5 AND remote IS NOT DISTINCT FROM $6 AND max >= $7`),
+      [now, 1, [], [], after.group, after.remote, after.max]
     )
   ).pipe(Effect.map((tasks) => tasks[0]))
 

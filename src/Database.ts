@@ -28,6 +28,8 @@ export interface DatabaseService {
   readonly admin: SqlClient.SqlClient
   /** The role of the admin connection. */
   readonly adminUser: string
+  /** The server's `server_version_num`, such as 150004. */
+  readonly serverVersion: number
   /** How `user` reaches `database` on the same server. */
   readonly clientConfig: (database: string, user: string) => Pg.ClientConfig
   /** The server's address for logs, without a password. */
@@ -53,7 +55,8 @@ const make = (options: DatabaseOptions) =>
         (pool) => Effect.promise(() => pool.end().catch(() => undefined))
       )
     }).pipe(Effect.mapError(databaseError("connect to the admin database")))
-    const [row] = yield* admin<{ user: string }>`SELECT current_user AS user`.pipe(
+    const [row] = yield* admin<{ user: string; version: number }>`
+      SELECT current_user AS user, current_setting('server_version_num')::int AS version`.pipe(
       Effect.mapError((error) => databaseError("connect to the admin database")(error.cause))
     )
     const adminUser = row!.user
@@ -61,6 +64,7 @@ const make = (options: DatabaseOptions) =>
     return Database.of({
       admin,
       adminUser,
+      serverVersion: row!.version,
       describe: describeServer(base),
       clientConfig: (database, user) => ({
         ...base,

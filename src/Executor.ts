@@ -3,7 +3,7 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Deferred, Effect, Exit, Option, Pool, Scope } from "effect"
+import { Cause, Deferred, Effect, Option, Pool } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { ClockService } from "./Clock.js"
@@ -33,65 +33,82 @@ export type StopSignal = Deferred.Deferred<void>
  * the worker's, logged with the task put back to `PLAN`. Interrupting it
  * (shutdown) cancels the query and puts the task back to `PLAN`.
  */
-export const execute = (link: WorkerLink, first: ClaimedTask, stop: StopSignal) =>
-  Effect.gen(function*() {
-    const scope = yield* Scope.make()
-    const born = yield* link.clock.now
-    let task: ClaimedTask | undefined = first
-    let ran = 0
-    let session: Session.Session | undefined
-    while (task !== undefined) {
-      const current: ClaimedTask = task
-      if (current.remote !== null) {
-        yield* runRemote(link, current, stop)
+export const execute = (link: WorkerLink, first: ClaimedTask, stop: StopSignal) => {
+  let current = first
+  return Effect.gen(function*() {
+    if (first.remote !== null) return yield* runRemote(link, first, stop)
+    const chain = { born: yield* link.clock.now, ran: 0 }
+    const session = yield* Pool.get(link.sessions)
+    for (;;) {
+      chain.ran += 1
+      const { reusable, next } = yield* runLocal(link, session, current, stop, chain)
+      if (next === undefined) {
+        // A broken session is thrown away; so is one that ran under `count`
+        // or `live`, which end with it: the group's next task gets a new one.
+        if (!reusable || first.count > 0 || first.live > 0) yield* Pool.invalidate(link.sessions, session)
         return
       }
-      session ??= yield* Pool.get(link.sessions).pipe(Scope.extend(scope))
-      const ended = yield* runLocal(link, session, current, stop)
-      if (!ended) {
-        yield* Pool.invalidate(link.sessions, session)
-        return yield* Scope.close(scope, Exit.void)
-      }
-      ran += 1
-      task = yield* successor(link, current, ran, born)
+      current = next
     }
-    yield* Scope.close(scope, Exit.void)
   }).pipe(
+    Effect.scoped,
     Effect.catchAllCause((cause) =>
-      Effect.logWarning("a worker session failed; its task goes back to PLAN", cause).pipe(
-        Effect.zipRight(link.book((worker) => Claimer.release(worker, link.table, [first.id]))),
-        Effect.ignore
-      )
+      Cause.isInterruptedOnly(cause)
+        ? Effect.void
+        : Effect.logWarning("a worker session failed; its task goes back to PLAN", cause).pipe(
+          Effect.zipRight(Effect.suspend(() => putBack(link, current)))
+        )
     ),
     Effect.annotateLogs({ task: first.id, group: first.group })
   )
+}
 
-/** The next task for a reused session, while `count` and `live` allow one. */
-const successor = (link: WorkerLink, task: ClaimedTask, ran: number, born: number) =>
-  Effect.gen(function*() {
-    if (task.count <= 0 && task.live <= 0) return undefined
-    const now = yield* link.clock.now
-    if (task.count > 0 && ran >= task.count) return undefined
-    if (task.live > 0 && now - born >= task.live) return undefined
-    return yield* link.book((worker) => Claimer.claimNext(worker, link.table, now, task))
-  })
+interface Chain {
+  /** When the worker session started. */
+  readonly born: number
+  /** How many tasks it has run, this one included. */
+  readonly ran: number
+}
+
+/** Whether a worker session may go on with another task after `task`. */
+const goesOn = (task: ClaimedTask, chain: Chain, now: number) =>
+  (task.count > 0 || task.live > 0)
+  && (task.count <= 0 || chain.ran < task.count)
+  && (task.live <= 0 || now - chain.born < task.live)
 
 /**
- * One task on a local session. True when the session ended clean and may
- * run another; false when it must be thrown away.
+ * One task on a local session. `reusable` is false when the session must be
+ * thrown away; `next` is the task the session goes on with, claimed in the
+ * same step that finishes this one, so no other worker takes the slot.
  */
-const runLocal = (link: WorkerLink, session: Session.Session, task: ClaimedTask, stop: StopSignal) =>
+const runLocal = (
+  link: WorkerLink,
+  session: Session.Session,
+  task: ClaimedTask,
+  stop: StopSignal,
+  chain: Chain
+): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError> =>
   Effect.gen(function*() {
     const started = yield* Claimer.start(session, link.table, task, yield* link.clock.now)
-    if (!started) return true
-    const { outcome, clean } = yield* withLimits(task, stop, runInput(session, task)).pipe(
-      Effect.onInterrupt(() => link.book((worker) => Claimer.release(worker, link.table, [task.id])).pipe(Effect.ignore))
+    if (!started) return { reusable: true }
+    const { outcome, clean, lost } = yield* withLimits(task, stop, runInput(session, task)).pipe(
+      Effect.onInterrupt(() => putBack(link, task))
     )
-    yield* record(link, task, session.pid, outcome)
-    if (!clean || !session.isHealthy()) return false
-    yield* session.query("DISCARD ALL")
-    yield* Claimer.holdLiveLock(session)
-    return true
+    if (lost) {
+      yield* Effect.logWarning("the task's session was lost; the task goes back to PLAN")
+      yield* putBack(link, task)
+      return { reusable: false }
+    }
+    const reusable = clean && session.isHealthy()
+    const next = yield* record(link, task, session.pid, outcome, (worker, now) =>
+      reusable && goesOn(task, chain, now)
+        ? Claimer.claimNext(worker, link.table, now, task)
+        : Effect.succeed(undefined))
+    if (reusable) {
+      yield* session.query("DISCARD ALL")
+      yield* Claimer.holdLiveLock(session)
+    }
+    return { reusable, next }
   })
 
 /**
@@ -117,11 +134,19 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
       Effect.catchAll((failure) => Effect.succeed({ outcome: failed(failure.error), clean: false })),
       Effect.scoped
     )
-    const { outcome } = yield* withLimits(task, stop, run).pipe(
-      Effect.onInterrupt(() => link.book((worker) => Claimer.release(worker, link.table, [task.id])).pipe(Effect.ignore))
+    const { outcome, lost } = yield* withLimits(task, stop, run).pipe(
+      Effect.onInterrupt(() => putBack(link, task))
     )
+    if (lost) {
+      yield* Effect.logWarning("the connection to the remote was lost; the task goes back to PLAN")
+      return yield* putBack(link, task)
+    }
     yield* record(link, task, pid, outcome)
   })
+
+/** Gives a task back to `PLAN`, for this or another instance to run again. */
+const putBack = (link: WorkerLink, task: ClaimedTask) =>
+  link.book((worker) => Claimer.release(worker, link.table, [task.id])).pipe(Effect.ignore)
 
 const openRemote = (remote: string) =>
   Effect.gen(function*() {
@@ -142,6 +167,12 @@ interface Ran {
   readonly outcome: Outcome
   /** False when the query was cut short: such a session is not reused. */
   readonly clean: boolean
+  /**
+   * The session was lost under the task (terminated, server restarted): the
+   * task goes back to `PLAN` and runs again, rather than failing for a
+   * reason that is not its own.
+   */
+  readonly lost?: boolean
 }
 
 /**
@@ -156,10 +187,12 @@ const runInput = (session: Session.Session, task: ClaimedTask): Effect.Effect<Ra
     return results
   }).pipe(
     Effect.map((results): Outcome => ({ state: "DONE", output: formatOutput(results), error: null })),
-    Effect.catchAll((failure) =>
-      session.run("ROLLBACK").pipe(Effect.ignore, Effect.as(failed(failure.error)))
-    ),
-    Effect.map((outcome) => ({ outcome, clean: true }))
+    Effect.map((outcome): Ran => ({ outcome, clean: true })),
+    Effect.catchAll((failure): Effect.Effect<Ran> =>
+      failure.lost
+        ? Effect.succeed({ outcome: failed(failure.error), clean: false, lost: true })
+        : session.run("ROLLBACK").pipe(Effect.ignore, Effect.as({ outcome: failed(failure.error), clean: true }))
+    )
   )
 
 /**
@@ -177,12 +210,24 @@ const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>
   return Effect.raceFirst(timed, stopped)
 }
 
-/** Writes the outcome, with the repeat and delete that follow from it. */
-const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome) =>
+/**
+ * Writes the outcome, with the repeat and delete that follow from it, and
+ * then, in the same turn on the worker's session, runs `then`.
+ */
+const record = <A = void>(
+  link: WorkerLink,
+  task: ClaimedTask,
+  pid: number,
+  outcome: Outcome,
+  then?: (worker: Session.Session, now: number) => Effect.Effect<A, DatabaseError>
+) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
-    yield* link.book((worker) =>
-      Claimer.finish(worker, link.table, task, pid, outcome, stop, nextPlan(task, stop))
+    const result = yield* link.book((worker) =>
+      Claimer.finish(worker, link.table, task, pid, outcome, stop, nextPlan(task, stop)).pipe(
+        Effect.zipRight(then ? then(worker, stop) : Effect.succeed(undefined as A))
+      )
     )
     yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
+    return result
   })

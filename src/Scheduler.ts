@@ -70,7 +70,8 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
     const clock = yield* Clock
     const ready = yield* Deferred.make<TaskTable>()
     const running = yield* SubscriptionRef.make(0)
-    const session = Session.open(database.clientConfig(target.data, target.user), "connect to the target")
+    const config = database.clientConfig(target.data, target.user)
+    const session = Session.open(config, "connect to the target")
     const once = Effect.gen(function*() {
       yield* ensureDatabase(database.admin, target)
       const worker = yield* session
@@ -81,8 +82,14 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         if (message.channel === table.channel) Queue.unsafeOffer(wake, message.payload === "STOP" ? "STOP" : "PLAN")
       })
       yield* worker.query(`LISTEN ${quote(table.channel)}`)
+      // A task's backend notices within a second when its client is gone
+      // (PostgreSQL 14 and later), so the tasks of a killed instance are
+      // cancelled and can be reset instead of running on unseen.
+      const taskSession = database.serverVersion >= 140000
+        ? Session.open({ ...config, options: "-c client_connection_check_interval=1000" }, "connect to the target")
+        : session
       const sessions = yield* Pool.makeWithTTL({
-        acquire: Effect.tap(session, Claimer.holdLiveLock),
+        acquire: Effect.tap(taskSession, Claimer.holdLiveLock),
         min: 0,
         max: target.run,
         timeToLive: Duration.minutes(1),
@@ -106,10 +113,17 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
       yield* Deferred.succeed(ready, table)
       const fibers = yield* FiberMap.make<string>()
       const stops = new Map<string, Executor.StopSignal>()
+      const groups = new Map<string, number>()
+      const count = (group: string, delta: number) => {
+        const n = (groups.get(group) ?? 0) + delta
+        if (n > 0) groups.set(group, n)
+        else groups.delete(group)
+      }
       const dispatch = (task: ClaimedTask) =>
         Effect.gen(function*() {
           const stop = yield* Deferred.make<void>()
           stops.set(task.id, stop)
+          count(task.group, 1)
           yield* SubscriptionRef.update(running, (n) => n + 1)
           yield* FiberMap.run(
             fibers,
@@ -117,6 +131,7 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
             Executor.execute(link, task, stop).pipe(
               Effect.ensuring(Effect.suspend(() => {
                 stops.delete(task.id)
+                count(task.group, -1)
                 return SubscriptionRef.update(running, (n) => n - 1)
               })),
               Effect.ensuring(Queue.offer(wake, "END"))
@@ -139,7 +154,7 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         const stopping = yield* Deferred.isDone(shutdown)
         const free = target.run - (yield* SubscriptionRef.get(running))
         if (free > 0 && !stopping) {
-          const tasks = yield* link.book((s) => Claimer.claim(s, table, now, free))
+          const tasks = yield* link.book((s) => Claimer.claim(s, table, now, free, groups))
           yield* Effect.forEach(tasks, dispatch, { discard: true })
         }
         checks += 1

@@ -33,8 +33,16 @@ export interface Session {
 /** How a task's SQL failed, already in the text written to `error`. */
 export class TaskFailure {
   readonly _tag = "TaskFailure"
-  constructor(readonly error: string, readonly code?: string) {}
+  constructor(
+    readonly error: string,
+    readonly code?: string,
+    /** The session itself was lost (terminated, server gone), not the SQL at fault. */
+    readonly lost = false
+  ) {}
 }
+
+/** Admin shutdown, crash, database dropped, or a connection failure. */
+const losesSession = (code: string | undefined) => code !== undefined && /^(57P0[1-4]|08)/.test(code)
 
 const describeCause = (cause: unknown) => redact(cause instanceof Error ? cause.message : String(cause))
 
@@ -191,16 +199,18 @@ class TaskQuery {
   handleError(error: unknown) {
     if (this.copyRefused) return this.end(Either.left(copyFailure))
     const server = error as Partial<Pg.DatabaseError>
-    const text = typeof server.severity === "string"
-      ? formatError({
-        severity: server.severity,
-        message: server.message ?? "",
-        detail: server.detail,
-        hint: server.hint,
-        where: server.where
-      })
-      : formatError({ message: describeCause(error) })
-    this.end(Either.left(new TaskFailure(text, server.code)))
+    if (typeof server.severity !== "string") {
+      // No answer from the server: the connection broke under the task.
+      return this.end(Either.left(new TaskFailure(formatError({ message: describeCause(error) }), undefined, true)))
+    }
+    const text = formatError({
+      severity: server.severity,
+      message: server.message ?? "",
+      detail: server.detail,
+      hint: server.hint,
+      where: server.where
+    })
+    this.end(Either.left(new TaskFailure(text, server.code, losesSession(server.code))))
   }
 
   handleReadyForQuery() {
