@@ -23,20 +23,24 @@ export const urlOf = (database: string, user?: string) => {
 
 const adminDatabase = () => decodeURIComponent(new URL(serverUrl()).pathname.slice(1)) || "postgres"
 
+const pools = new Map<string, pg.Pool>()
+
+const poolOf = (database: string) => {
+  let pool = pools.get(database)
+  if (pool === undefined) {
+    pool = new pg.Pool({ connectionString: urlOf(database), max: 3, idleTimeoutMillis: 1000, allowExitOnIdle: true })
+    pool.on("error", () => undefined)
+    pools.set(database, pool)
+  }
+  return pool
+}
+
 /** Runs one statement on `database` as the admin user. */
 export const query = async <A = Record<string, any>>(
   database: string,
   text: string,
   params: ReadonlyArray<unknown> = []
-): Promise<Array<A>> => {
-  const client = new pg.Client({ connectionString: urlOf(database) })
-  await client.connect()
-  try {
-    return (await client.query(text, params as Array<unknown>)).rows as Array<A>
-  } finally {
-    await client.end()
-  }
-}
+): Promise<Array<A>> => (await poolOf(database).query(text, params as Array<unknown>)).rows as Array<A>
 
 /** The same as an Effect, for tests written with `it.effect` and `it.live`. */
 export const sql = <A = Record<string, any>>(database: string, text: string, params?: ReadonlyArray<unknown>) =>
@@ -54,8 +58,11 @@ export const createDatabase = async (prefix: string) => {
   return name
 }
 
-export const dropDatabase = (name: string) =>
-  query(adminDatabase(), `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
+export const dropDatabase = async (name: string) => {
+  await pools.get(name)?.end()
+  pools.delete(name)
+  await query(adminDatabase(), `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
+}
 
 /**
  * The scheduler against the test server, with the given settings and none
@@ -108,7 +115,7 @@ export const eventually = async <A>(
     if (Date.now() > deadline) {
       throw new Error(`condition not met within ${seconds} s; last value: ${JSON.stringify(value)}`)
     }
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    await new Promise((resolve) => setTimeout(resolve, 5))
   }
 }
 
