@@ -50,7 +50,10 @@ const make = (options: SchedulerOptions) =>
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         yield* Deferred.succeed(shutdown, undefined)
+        // Finalizers run uninterruptibly; the wait must not be, or the
+        // grace period could not cut it short.
         yield* Effect.forEach(workers, (worker) => worker.drained, { concurrency: "unbounded" }).pipe(
+          Effect.interruptible,
           Effect.timeoutOption(grace)
         )
       })
