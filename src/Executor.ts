@@ -3,7 +3,7 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Effect, Option, Pool } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Option, Pool, RcMap } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { ClockService } from "./Clock.js"
@@ -22,6 +22,7 @@ export interface WorkerLink {
   readonly book: <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) => Effect.Effect<A, E>
   /** Sessions as the target's role, holding their liveness lock. */
   readonly sessions: Pool.Pool<Session.Session, DatabaseError>
+  readonly remotes: Remotes
 }
 
 /** Asks a running task to end early; completed by the worker when a user sets `STOP`. */
@@ -125,11 +126,18 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
     )
     if (pid === undefined) return
     const run = Effect.gen(function*() {
-      const session = yield* openRemote(task.remote!)
-      yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
-        Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason })))
-      )
-      return yield* runInput(session, task)
+      const pool = yield* RcMap.get(link.remotes, task.remote!)
+      const session = yield* Pool.get(pool)
+      const ran = yield* Effect.gen(function*() {
+        yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
+          Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason }), undefined, true))
+        )
+        return yield* runInput(session, task)
+      }).pipe(Effect.onInterrupt(() => Pool.invalidate(pool, session)))
+      const reusable = ran.clean && session.isHealthy()
+        && Exit.isSuccess(yield* Effect.exit(session.query("DISCARD ALL")))
+      if (!reusable) yield* Pool.invalidate(pool, session)
+      return ran
     }).pipe(
       Effect.catchAll((failure) => Effect.succeed({ outcome: failed(failure.error), clean: false })),
       Effect.scoped
@@ -160,6 +168,26 @@ const openRemote = (remote: string) =>
       )
     )
   })
+
+/**
+ * Connections to remotes, reused: a few sessions per connection string,
+ * closed after a minute unused, and the whole pool of a remote dropped a
+ * minute after its last task.
+ */
+export const makeRemotes = RcMap.make({
+  lookup: (remote: string) =>
+    Pool.makeWithTTL({
+      acquire: openRemote(remote),
+      min: 0,
+      max: 4,
+      timeToLive: Duration.minutes(1),
+      timeToLiveStrategy: "usage"
+    }),
+  idleTimeToLive: Duration.minutes(1)
+})
+
+/** The sessions to every remote a target's tasks name. */
+export type Remotes = Effect.Effect.Success<typeof makeRemotes>
 
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 

@@ -98,11 +98,13 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         timeToLive: Duration.minutes(1),
         timeToLiveStrategy: "usage"
       })
+      const remotes = yield* Executor.makeRemotes
       const lock = yield* Effect.makeSemaphore(1)
       const link: Executor.WorkerLink = {
         table,
         clock,
         sessions,
+        remotes,
         book: (work) => lock.withPermits(1)(work(worker))
       }
       const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>

@@ -148,6 +148,20 @@ describe("remote", () => {
       expect(byUrl).toMatchObject({ state: "DONE", output: `current_database\tcurrent_setting\n${remote}\t${ids[1]}` })
     })))
 
+  it.live("tasks on the same remote reuse its session, reset between them", () =>
+    scheduled(Effect.gen(function*() {
+      const [first] = yield* insertTasks(database, [
+        { input: "SET application_name = 'leaked'; SELECT pg_backend_pid()", remote: urlOf(remote) }
+      ])
+      const [one] = yield* awaitTasks(database, [first!])
+      const [second] = yield* insertTasks(database, [
+        { input: "SELECT pg_backend_pid(), current_setting('application_name') = 'leaked'", remote: urlOf(remote) }
+      ])
+      const [two] = yield* awaitTasks(database, [second!])
+      const pid = one!.output!.split("\n")[1]
+      expect(two!.output).toBe(`pg_backend_pid\t?column?\n${pid}\tf`)
+    })))
+
   it.live("a remote error, a remote timeout and unreachable or malformed remotes each end FAIL", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []
