@@ -23,6 +23,8 @@ export interface TaskTable {
   readonly channel: string
   /** Quoted columns a repeat copies as they are, user-added ones included. */
   readonly copied: ReadonlyArray<string>
+  /** The type of the `state` column, schema-qualified: `"public".state`. */
+  readonly stateType: string
   /** `database/schema.table as role`, for logs. */
   readonly label: string
 }
@@ -103,8 +105,9 @@ export const ensureTable = (session: Session, target: Target) =>
       [name]
     )
     const oid = row!.oid
-    const columns = yield* session.query<{ name: string; copied: boolean }>(
-      `SELECT attname AS name, attgenerated = '' AND attidentity = '' AS copied
+    const columns = yield* session.query<{ name: string; copied: boolean; type: string }>(
+      `SELECT attname AS name, attgenerated = '' AND attidentity = '' AS copied,
+              atttypid::regtype::text AS type
        FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`,
       [oid]
     )
@@ -130,6 +133,7 @@ export const ensureTable = (session: Session, target: Target) =>
       oid,
       channel,
       copied: columns.filter((c) => c.copied && !renewed.has(c.name)).map((c) => quote(c.name)),
+      stateType: columns.find((c) => c.name === "state")!.type,
       label: describeTarget(target, schema)
     }
     return table
@@ -186,8 +190,9 @@ const indexName = (table: string, suffix: string) => quote(`${table.slice(0, 63 
 
 /**
  * Partial indexes keep claiming cheap however many finished rows pile up:
- * the due index holds only planned rows, the running index only claimed
- * and running ones. The parent index keeps deletes from scanning the table
+ * the due index holds only planned rows, in the order the claim reads them
+ * (see Claimer), the plan index finds the next planned time, and the
+ * running index holds only claimed and running rows. The parent index keeps deletes from scanning the table
  * for children. The trigger wakes the workers once per transaction, since
  * PostgreSQL folds identical notifications.
  */
@@ -195,7 +200,9 @@ const indexesAndTrigger = (schema: string, table: string, channel: string) => {
   const name = `${quote(schema)}.${quote(table)}`
   const wake = `${quote(schema)}.${indexName(table, "wake")}`
   return [
-    `CREATE INDEX IF NOT EXISTS ${indexName(table, "due")} ON ${name} (plan) WHERE state = 'PLAN'`,
+    `CREATE INDEX IF NOT EXISTS ${indexName(table, "due")} ON ${name} ("group", max, plan, id)
+      WHERE state = 'PLAN'`,
+    `CREATE INDEX IF NOT EXISTS ${indexName(table, "plan")} ON ${name} (plan) WHERE state = 'PLAN'`,
     `CREATE INDEX IF NOT EXISTS ${indexName(table, "running")} ON ${name} ("group")
       WHERE state IN ('TAKE', 'WORK')`,
     `CREATE INDEX IF NOT EXISTS ${indexName(table, "parent")} ON ${name} (parent) WHERE parent IS NOT NULL`,

@@ -39,24 +39,45 @@ const taskColumns = (row: string) => `${row}.id::text AS id, ${row}."group", ${r
  * group are claimed or running, counted over the whole table, so the limit
  * holds whichever instance runs them. Claims on one table are serialised by
  * a transaction lock, so two instances cannot both fill a group's last slot.
+ *
+ * The cost follows the number of distinct (`group`, `max`) pairs of planned
+ * tasks, not the number of rows: a loose scan of the planned-rows index
+ * finds the pairs, and for each pair an index range scan reads at most
+ * `limit` due rows in `plan` order. Finished rows are in no index it reads.
+ * `$1` now in ms, `$2` limit, `$3`/`$4` the in-process group counts;
+ * `$5`..`$7` (group, remote, least max) only for a reused session's next task.
  */
-const claimStatement = (table: TaskTable, extra: string) => `
-  WITH running AS (
+const claimStatement = (table: TaskTable, next: boolean) => `
+  WITH RECURSIVE pairs AS (
+    (SELECT "group", max FROM ${table.name} WHERE state = 'PLAN' ORDER BY "group", max LIMIT 1)
+    UNION ALL
+    SELECT following.* FROM pairs, LATERAL (
+      SELECT task."group", task.max FROM ${table.name} AS task
+      WHERE task.state = 'PLAN' AND (task."group", task.max) > (pairs."group", pairs.max)
+      ORDER BY task."group", task.max LIMIT 1
+    ) AS following
+  ), running AS (
     SELECT "group", max(n) AS n FROM (
       SELECT "group", count(*) AS n FROM ${table.name}
       WHERE state IN ('TAKE', 'WORK') GROUP BY "group"
       UNION ALL
       SELECT * FROM unnest($3::text[], $4::bigint[])
     ) AS counted GROUP BY "group"
-  ), due AS (
-    SELECT id, max, plan, "group",
-      row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank
-    FROM ${table.name}
-    WHERE state = 'PLAN' AND plan <= to_timestamp($1::float8 / 1000) ${extra}
+  ), candidates AS (
+    SELECT due.* FROM pairs, LATERAL (
+      SELECT task.id, task.max, task.plan, task."group" FROM ${table.name} AS task
+      WHERE task.state = 'PLAN' AND task."group" = pairs."group" AND task.max = pairs.max
+        AND task.plan <= to_timestamp($1::float8 / 1000)
+        ${next ? "AND task.remote IS NOT DISTINCT FROM $6" : ""}
+      ORDER BY task.plan, task.id LIMIT $2
+    ) AS due
+    ${next ? `WHERE pairs."group" = $5 AND pairs.max >= $7` : ""}
+  ), ranked AS (
+    SELECT *, row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank FROM candidates
   ), picked AS (
-    SELECT due.id FROM due LEFT JOIN running USING ("group")
-    WHERE coalesce(running.n, 0) + due.rank <= due.max
-    ORDER BY due.max DESC, due.plan, due.id
+    SELECT ranked.id FROM ranked LEFT JOIN running USING ("group")
+    WHERE coalesce(running.n, 0) + ranked.rank <= ranked.max
+    ORDER BY ranked.max DESC, ranked.plan, ranked.id
     LIMIT $2
   )
   UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
@@ -102,7 +123,7 @@ export const claim = (
   inTransaction(
     session,
     table,
-    session.query<ClaimedTask>(claimStatement(table, ""), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
+    session.query<ClaimedTask>(claimStatement(table, false), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
   ).pipe(Effect.map(inClaimOrder))
 
 /**
@@ -114,7 +135,7 @@ export const claimNext = (session: Session, table: TaskTable, now: number, after
     session,
     table,
     session.query<ClaimedTask>(
-      claimStatement(table, `AND "group" = $5 AND remote IS NOT DISTINCT FROM $6 AND max >= $7`),
+      claimStatement(table, true),
       [now, 1, [], [], after.group, after.remote, after.max]
     )
   ).pipe(Effect.map((tasks) => tasks[0]))
@@ -135,42 +156,60 @@ export const start = (session: Session, table: TaskTable, task: ClaimedTask, now
     (rows) => rows.length === 1
   )
 
+/** How one run ended, ready to be written. */
+export interface Finish {
+  readonly task: ClaimedTask
+  /** The backend that held the row while the task ran. */
+  readonly pid: number
+  readonly outcome: Outcome
+  /** When it ended, ms. */
+  readonly stop: number
+  /** The next run's plan, ms, for a repeating task. */
+  readonly next: number | null
+}
+
 /**
- * Writes how a run ended and, for a repeating task, inserts its next run
- * with every other column copied, user-added ones included. A row a user set
- * to `STOP` meanwhile keeps that state and does not repeat. A run with
- * neither output nor error is deleted when the task asks for it; its next
- * run then has no parent to point to.
+ * Writes how runs ended, many in one statement: state, `stop`, `output` and
+ * `error`, and for a repeating task its next run with every other column
+ * copied, user-added ones included. A row a user set to `STOP` meanwhile
+ * keeps that state and does not repeat. A run with neither output nor error
+ * is deleted when the task asks for it; its next run then has no parent.
+ * A row that is no longer held by `pid` (reset meanwhile) is left alone.
  */
-export const finish = (
-  session: Session,
-  table: TaskTable,
-  task: ClaimedTask,
-  pid: number,
-  outcome: Outcome,
-  stop: number,
-  next: number | null
-) => {
+export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArray<Finish>) => {
   const copied = table.copied.join(", ")
   const repeat = (from: string, parent: string) =>
-    `INSERT INTO ${table.name} (${copied}, parent, plan)
-     SELECT ${copied}, ${parent}, to_timestamp($3::float8 / 1000) FROM ${from}
-     WHERE $3 IS NOT NULL AND ${from}.state <> 'STOP'`
-  const erase = task.delete && outcome.output === null && outcome.error === null
-  const statement = erase
-    ? `WITH ended AS (
-         DELETE FROM ${table.name} WHERE id = $1 AND pid = $2 AND state IN ('WORK', 'STOP') RETURNING *
-       ) ${repeat("ended", "NULL")}`
-    : `WITH ended AS (
-         UPDATE ${table.name} SET
-           state = CASE WHEN state = 'STOP' THEN state ELSE $4 END,
-           stop = to_timestamp($5::float8 / 1000), output = $6, error = $7
-         WHERE id = $1 AND pid = $2 AND state IN ('WORK', 'STOP') RETURNING *
-       ) ${repeat("ended", "ended.id")}`
-  const params = erase
-    ? [task.id, pid, next]
-    : [task.id, pid, next, outcome.state, stop, outcome.output, outcome.error]
-  return session.query(statement, params)
+    `SELECT ${copied}, ${parent}, to_timestamp(pg_task_next / 1000) FROM ${from}
+     WHERE pg_task_next IS NOT NULL AND state <> 'STOP'`
+  const statement = `
+    WITH input AS (
+      SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::text[],
+        $7::float8[], $8::bool[]) AS input(id, pid, state, stop, output, error, next, erase)
+    ), ended AS (
+      UPDATE ${table.name} AS task SET
+        state = CASE WHEN task.state = 'STOP' THEN task.state ELSE input.state::${table.stateType} END,
+        stop = to_timestamp(input.stop / 1000), output = input.output, error = input.error
+      FROM input
+      WHERE task.id = input.id AND task.pid = input.pid AND task.state IN ('WORK', 'STOP') AND NOT input.erase
+      RETURNING task.*, input.next AS pg_task_next
+    ), gone AS (
+      DELETE FROM ${table.name} AS task USING input
+      WHERE task.id = input.id AND task.pid = input.pid AND task.state IN ('WORK', 'STOP') AND input.erase
+      RETURNING task.*, input.next AS pg_task_next
+    )
+    INSERT INTO ${table.name} (${copied}, parent, plan)
+    ${repeat("ended", "id")} UNION ALL ${repeat("gone", "NULL::bigint")}`
+  const column = <A>(f: (finish: Finish) => A) => finishes.map(f)
+  return session.query(statement, [
+    column((f) => f.task.id),
+    column((f) => f.pid),
+    column((f) => f.outcome.state),
+    column((f) => f.stop),
+    column((f) => f.outcome.output),
+    column((f) => f.outcome.error),
+    column((f) => f.next),
+    column((f) => f.task.delete && f.outcome.output === null && f.outcome.error === null)
+  ])
 }
 
 /** Puts tasks back to `PLAN`; used when a worker gives up tasks it still holds. */

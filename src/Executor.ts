@@ -18,6 +18,8 @@ import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 export interface WorkerLink {
   readonly table: TaskTable
   readonly clock: ClockService
+  /** Writes how a run ended; batched with other runs' ends. */
+  readonly finish: (finish: Claimer.Finish) => Effect.Effect<void, DatabaseError>
   /** Runs bookkeeping on the worker's own session, one piece at a time. */
   readonly book: <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) => Effect.Effect<A, E>
   /** Sessions as the target's role, holding their liveness lock. */
@@ -79,8 +81,9 @@ const goesOn = (task: ClaimedTask, chain: Chain, now: number) =>
 
 /**
  * One task on a local session. `reusable` is false when the session must be
- * thrown away; `next` is the task the session goes on with, claimed in the
- * same step that finishes this one, so no other worker takes the slot.
+ * thrown away; `next` is the task the session goes on with. The in-process
+ * gate still counts this session in its group meanwhile, so the dispatcher
+ * does not take the slot between the finish and the next claim.
  */
 const runLocal = (
   link: WorkerLink,
@@ -101,10 +104,10 @@ const runLocal = (
       return { reusable: false }
     }
     const reusable = clean && session.isHealthy()
-    const next = yield* record(link, task, session.pid, outcome, (worker, now) =>
-      reusable && goesOn(task, chain, now)
-        ? Claimer.claimNext(worker, link.table, now, task)
-        : Effect.succeed(undefined))
+    const stopped = yield* record(link, task, session.pid, outcome)
+    const next = reusable && goesOn(task, chain, stopped)
+      ? yield* link.book((worker) => Claimer.claimNext(worker, link.table, stopped, task))
+      : undefined
     if (reusable) {
       yield* session.query("DISCARD ALL")
       yield* Claimer.holdLiveLock(session)
@@ -238,24 +241,11 @@ const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>
   return Effect.raceFirst(timed, stopped)
 }
 
-/**
- * Writes the outcome, with the repeat and delete that follow from it, and
- * then, in the same turn on the worker's session, runs `then`.
- */
-const record = <A = void>(
-  link: WorkerLink,
-  task: ClaimedTask,
-  pid: number,
-  outcome: Outcome,
-  then?: (worker: Session.Session, now: number) => Effect.Effect<A, DatabaseError>
-) =>
+/** Writes the outcome, with the repeat and delete that follow from it; returns when it ended. */
+const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
-    const result = yield* link.book((worker) =>
-      Claimer.finish(worker, link.table, task, pid, outcome, stop, nextPlan(task, stop)).pipe(
-        Effect.zipRight(then ? then(worker, stop) : Effect.succeed(undefined as A))
-      )
-    )
+    yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
     yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
-    return result
+    return stop
   })

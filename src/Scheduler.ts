@@ -12,6 +12,7 @@ import * as Claimer from "./Claimer.js"
 import { Clock } from "./Clock.js"
 import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
 import { Database } from "./Database.js"
+import type { DatabaseError } from "./Errors.js"
 import * as Executor from "./Executor.js"
 import * as Session from "./internal/session.js"
 import type { ClaimedTask } from "./Task.js"
@@ -100,12 +101,24 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
       })
       const remotes = yield* Executor.makeRemotes
       const lock = yield* Effect.makeSemaphore(1)
+      const book: Executor.WorkerLink["book"] = (work) => lock.withPermits(1)(work(worker))
+      const finishes = yield* Queue.unbounded<readonly [Claimer.Finish, Deferred.Deferred<void, DatabaseError>]>()
+      // Ends of runs are written together: whatever piled up while the last
+      // write was on its way goes out in the next one.
+      yield* Effect.gen(function*() {
+        const batch = yield* Queue.takeBetween(finishes, 1, 1000)
+        const written = yield* Effect.exit(book((s) => Effect.asVoid(Claimer.finish(s, table, [...batch].map(([f]) => f)))))
+        for (const [, done] of batch) yield* Deferred.done(done, written)
+      }).pipe(Effect.forever, Effect.forkScoped)
       const link: Executor.WorkerLink = {
         table,
         clock,
         sessions,
         remotes,
-        book: (work) => lock.withPermits(1)(work(worker))
+        book,
+        finish: (finish) =>
+          Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
+            Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
       }
       const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
         ids.length === 0
