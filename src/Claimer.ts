@@ -21,7 +21,7 @@ export const liveLock = 1885823860
 /** First key of the lock that serialises claims on one table (second key: its oid). */
 const claimLock = 1885823862
 
-/** Takes the liveness lock; run once on every new session and after `DISCARD ALL`. */
+/** Takes the liveness lock; run once on every new session. */
 export const holdLiveLock = (session: Session) =>
   session.query("SELECT pg_advisory_lock($1, pg_backend_pid())", [liveLock])
 
@@ -141,16 +141,56 @@ export const claimNext = (session: Session, table: TaskTable, now: number, after
   ).pipe(Effect.map((tasks) => tasks[0]))
 
 /**
- * Marks a claimed task running, on the session that runs it: `pid` becomes
- * that session's backend, and `pg_task.id` is set so that rows the task
- * inserts get it as their `parent`. False when the claim was lost meanwhile.
+ * What `DISCARD ALL` does, less what it cannot do inside a transaction, so
+ * it can share a round trip with the next task's start. The liveness lock
+ * that `pg_advisory_unlock_all` drops is taken again at once; the session
+ * holds no row at that moment, since its last task was finished first.
  */
-export const start = (session: Session, table: TaskTable, task: ClaimedTask, now: number) =>
+const resetSession = [
+  "CLOSE ALL",
+  "SET SESSION AUTHORIZATION DEFAULT",
+  "RESET ALL",
+  "DEALLOCATE ALL",
+  "UNLISTEN *",
+  "SELECT pg_advisory_unlock_all()",
+  "DISCARD PLANS",
+  "DISCARD TEMP",
+  "DISCARD SEQUENCES",
+  `SELECT pg_advisory_lock(${liveLock}, pg_backend_pid())`
+]
+
+/**
+ * Marks a claimed task running, on the session that runs it, first
+ * resetting the session when an earlier task used it: `pid` becomes that
+ * session's backend, and `pg_task.id` is set so that rows the task inserts
+ * get it as their `parent`. One round trip, written without waiting for the
+ * disk: after a crash the row is reset and the task runs again. False when
+ * the claim was lost meanwhile.
+ */
+export const start = (session: Session, table: TaskTable, task: ClaimedTask, now: number, reset: boolean) => {
+  // The script takes no parameters, so its values are written as literals;
+  // each is a number, and checked to be one.
+  const literals = [task.id, now, task.claimedBy].map(String)
+  if (!literals.every((literal) => /^\d+(\.\d+)?$/.test(literal))) {
+    return Effect.die(new Error(`task ${task.id} has a value that is not a number`))
+  }
+  const [id, at, claimedBy] = literals
+  const script = [
+    ...(reset ? resetSession : []),
+    "SET LOCAL synchronous_commit = off",
+    `UPDATE ${table.name} SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
+     WHERE id = ${id} AND state = 'TAKE' AND pid = ${claimedBy}
+     RETURNING set_config('pg_task.id', id::text, false)`
+  ].join(";\n")
+  return Effect.map(session.script(script), (results) => results.at(-1)!.length === 1)
+}
+
+/** Marks a remote task running, held by the worker's own backend. */
+export const startRemote = (worker: Session, table: TaskTable, task: ClaimedTask, now: number) =>
   Effect.map(
-    session.query(
+    worker.query(
       `UPDATE ${table.name} SET state = 'WORK', start = to_timestamp($2::float8 / 1000), pid = pg_backend_pid()
-       WHERE id = $1 AND state = 'TAKE' AND pid = $3
-       RETURNING set_config('pg_task.id', id::text, false)`,
+       WHERE id = $1 AND state = 'TAKE' AND pid = $3 RETURNING id`,
       [task.id, now, task.claimedBy]
     ),
     (rows) => rows.length === 1

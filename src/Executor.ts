@@ -73,6 +73,9 @@ interface Chain {
   readonly ran: number
 }
 
+/** Sessions that have run a task, and so are reset before the next one. */
+const used = new WeakSet<Session.Session>()
+
 /** Whether a worker session may go on with another task after `task`. */
 const goesOn = (task: ClaimedTask, chain: Chain, now: number) =>
   (task.count > 0 || task.live > 0)
@@ -93,7 +96,8 @@ const runLocal = (
   chain: Chain
 ): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError> =>
   Effect.gen(function*() {
-    const started = yield* Claimer.start(session, link.table, task, yield* link.clock.now)
+    const started = yield* Claimer.start(session, link.table, task, yield* link.clock.now, used.has(session))
+    used.add(session)
     if (!started) return { reusable: true }
     const { outcome, clean, lost } = yield* withLimits(task, stop, runInput(session, task)).pipe(
       Effect.onInterrupt(() => putBack(link, task))
@@ -108,10 +112,6 @@ const runLocal = (
     const next = reusable && goesOn(task, chain, stopped)
       ? yield* link.book((worker) => Claimer.claimNext(worker, link.table, stopped, task))
       : undefined
-    if (reusable) {
-      yield* session.query("DISCARD ALL")
-      yield* Claimer.holdLiveLock(session)
-    }
     return { reusable, next }
   })
 
@@ -125,7 +125,7 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
   Effect.gen(function*() {
     const now = yield* link.clock.now
     const pid = yield* link.book((worker) =>
-      Effect.map(Claimer.start(worker, link.table, task, now), (started) => started ? worker.pid : undefined)
+      Effect.map(Claimer.startRemote(worker, link.table, task, now), (started) => started ? worker.pid : undefined)
     )
     if (pid === undefined) return
     const run = Effect.gen(function*() {
@@ -214,16 +214,18 @@ const runInput = (session: Session.Session, task: ClaimedTask): Effect.Effect<Ra
   Effect.gen(function*() {
     if (split(task.input).some(copiesWithClient)) return yield* Effect.fail(Session.copyFailure)
     const results = yield* session.run(task.input)
-    yield* session.run("COMMIT")
+    if (session.transactionStatus() !== "I") yield* session.run("COMMIT")
     return results
   }).pipe(
     Effect.map((results): Outcome => ({ state: "DONE", output: formatOutput(results), error: null })),
     Effect.map((outcome): Ran => ({ outcome, clean: true })),
-    Effect.catchAll((failure): Effect.Effect<Ran> =>
-      failure.lost
-        ? Effect.succeed({ outcome: failed(failure.error), clean: false, lost: true })
-        : session.run("ROLLBACK").pipe(Effect.ignore, Effect.as({ outcome: failed(failure.error), clean: true }))
-    )
+    Effect.catchAll((failure): Effect.Effect<Ran> => {
+      const outcome = failed(failure.error)
+      if (failure.lost) return Effect.succeed({ outcome, clean: false, lost: true })
+      // The server reports the transaction's state only after the error, so
+      // whatever the SQL left open is rolled back unasked.
+      return session.run("ROLLBACK").pipe(Effect.ignore, Effect.as({ outcome, clean: true }))
+    })
   )
 
 /**

@@ -76,9 +76,13 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
     const running = yield* SubscriptionRef.make(0)
     const config = database.clientConfig(target.data, target.user)
     const session = Session.open(config, "connect to the target")
+    // The worker's own writes (claims, ends of runs, resets) need not wait for
+    // the disk: a crash that loses the last of them re-runs those tasks, which
+    // at-least-once allows. Tasks' own work keeps the server's setting.
+    const workerSession = Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
     const once = Effect.gen(function*() {
       yield* ensureDatabase(database.admin, target)
-      const worker = yield* session
+      const worker = yield* workerSession
       yield* Claimer.holdLiveLock(worker)
       const table = yield* ensureTable(worker, target)
       const wake = yield* Queue.dropping<Wake>(64)
@@ -167,6 +171,7 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         for (const { id } of rows) yield* Deferred.succeed(stops.get(id)!, undefined).pipe(Effect.when(() => stops.has(id)))
       })
       let checks = 0
+      let checkStops = true
       while (true) {
         const now = yield* clock.now
         const stopping = yield* Deferred.isDone(shutdown)
@@ -177,16 +182,18 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         }
         checks += 1
         if (checks % target.reset === 0) yield* reset
-        yield* stopRequested
+        if (checkStops) yield* stopRequested
         const next = yield* link.book((s) => Claimer.nextDue(s, table, now))
         const deadline = Math.min(now + target.timeout, next ?? Infinity)
         const woken = yield* Effect.raceAll([
           Queue.take(wake),
-          Effect.as(clock.sleepUntil(deadline), "PLAN" as const),
+          Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
           stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
         ])
         const more = yield* Queue.takeAll(wake)
-        if (woken === "STOP" || [...more].includes("STOP")) yield* stopRequested
+        // Running tasks are checked for STOP when a notification says so,
+        // and on the poll interval in case one was missed.
+        checkStops = woken === "TIMER" || woken === "STOP" || [...more].includes("STOP")
       }
     }).pipe(Effect.scoped)
 

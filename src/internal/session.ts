@@ -27,6 +27,14 @@ export interface Session {
   readonly run: (text: string) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
   /** False once the connection broke; such a session is closed, never reused. */
   readonly isHealthy: () => boolean
+  /**
+   * Runs a script of statements in the simple protocol, in one round trip,
+   * and returns each statement's rows. No parameters: values must already be
+   * literals.
+   */
+  readonly script: (text: string) => Effect.Effect<ReadonlyArray<ReadonlyArray<Record<string, unknown>>>, DatabaseError>
+  /** `I` idle, `T` in a transaction, `E` in a failed transaction, as the server last said. */
+  readonly transactionStatus: () => string | null
   readonly onNotification: (listener: (message: Pg.Notification) => void) => void
 }
 
@@ -89,7 +97,17 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boole
       try: () => client.query(text, params as Array<unknown>).then((result) => result.rows as ReadonlyArray<A>),
       catch: databaseError("query")
     }),
-  run: (text) => runTask(client, config, text)
+  run: (text) => runTask(client, config, text),
+  script: (text) =>
+    Effect.tryPromise({
+      try: () =>
+        client.query(text).then((result) => {
+          const results = Array.isArray(result) ? result : [result]
+          return results.map((one: Pg.QueryResult) => one.rows)
+        }),
+      catch: databaseError("query")
+    }),
+  transactionStatus: () => client.getTransactionStatus()
 })
 
 const runTask = (client: Pg.Client, config: Pg.ClientConfig, text: string) =>
