@@ -11,8 +11,8 @@
  * only for having lost its session.
  */
 import { Effect } from "effect"
+import Pg from "pg"
 import type { TaskTable } from "./Bootstrap.js"
-import type { DatabaseError } from "./Errors.js"
 import type { Session } from "./internal/session.js"
 import type { ClaimedTask, Outcome } from "./Task.js"
 
@@ -81,21 +81,50 @@ const claimStatement = (table: TaskTable, next: boolean) => `
     LIMIT $2
   )
   UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
-  FROM picked WHERE task.id = picked.id AND task.state = 'PLAN'
+  WHERE task.id = ANY (ARRAY(SELECT id FROM picked)) AND task.state = 'PLAN'
   RETURNING ${taskColumns("task")}`
 
+/** A value written into a script as a literal, for the simple protocol. */
+const literal = (value: unknown): string => {
+  if (value === null || value === undefined) return "NULL"
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) throw new Error(`not a finite number: ${value}`)
+    return String(value)
+  }
+  if (Array.isArray(value)) return `ARRAY[${value.map(literal).join(", ")}]`
+  return Pg.escapeLiteral(String(value))
+}
+
+/** The statement with `$n` placeholders replaced by literals of `values`. */
+const bind = (statement: string, values: ReadonlyArray<unknown>) =>
+  statement.replace(/\$(\d+)/g, (_, n: string) => literal(values[Number(n) - 1]))
+
 /**
- * Runs a claim under the table's claim lock. Moving a row between the
- * partitions of a table partitioned by state can meet a concurrent change
- * of the same row as a serialization failure; the claim is then tried again.
+ * A claim in one round trip: the claim lock, the claim, and the next plan
+ * after `now`, in one transaction. Moving a row between the partitions of a
+ * table partitioned by state can meet a concurrent change of the same row
+ * as a serialization failure; the claim is then tried again.
  */
-const inTransaction = <A>(session: Session, table: TaskTable, body: Effect.Effect<A, DatabaseError>) =>
+const claimScript = (session: Session, table: TaskTable, now: number, statement: string) =>
   Effect.gen(function*() {
-    yield* session.query("BEGIN")
-    yield* session.query("SELECT pg_advisory_xact_lock($1, $2)", [claimLock, table.oid])
-    const result = yield* body
-    yield* session.query("COMMIT")
-    return result
+    const at = `to_timestamp(${literal(now)}::float8 / 1000)`
+    const results = yield* session.script([
+      "BEGIN",
+      `SELECT pg_advisory_xact_lock(${claimLock}, ${table.oid})`,
+      statement,
+      `SELECT (SELECT (extract(epoch FROM min(plan)) * 1000)::float8 FROM ${table.name}
+               WHERE state = 'PLAN' AND plan > ${at}) AS plan,
+              EXISTS (SELECT FROM ${table.name} WHERE state = 'PLAN' AND plan <= ${at}) AS due`,
+      "COMMIT"
+    ].join(";\n"))
+    const [after] = results[3]!
+    return {
+      tasks: inClaimOrder(results[2] as unknown as ReadonlyArray<ClaimedTask>),
+      /** The earliest plan still to come. */
+      nextPlan: (after?.plan ?? null) as number | null,
+      /** Whether due tasks were left, held back by their groups' limits. */
+      dueLeft: after?.due === true
+    }
   }).pipe(
     Effect.tapErrorCause(() => session.query("ROLLBACK").pipe(Effect.ignore)),
     Effect.retry({ while: (error) => error.code === "40001", times: 3 })
@@ -111,7 +140,8 @@ const inClaimOrder = (tasks: ReadonlyArray<ClaimedTask>) =>
  * Claims due tasks for this worker; `now` is the scheduler's clock. The
  * groups this instance is running count as at least `inProcess` says: the
  * in-process gate, so that this instance never oversubscribes a group even
- * if rows were changed under it.
+ * if rows were changed under it. Also tells the earliest plan after `now`,
+ * for the worker to sleep until.
  */
 export const claim = (
   session: Session,
@@ -120,25 +150,27 @@ export const claim = (
   limit: number,
   inProcess: ReadonlyMap<string, number> = new Map()
 ) =>
-  inTransaction(
+  claimScript(
     session,
     table,
-    session.query<ClaimedTask>(claimStatement(table, false), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
-  ).pipe(Effect.map(inClaimOrder))
+    now,
+    bind(claimStatement(table, false), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
+  )
 
 /**
  * Claims the next task a reused worker session goes on with: due, of the
  * same group and remote, with a `max` at least as large.
  */
 export const claimNext = (session: Session, table: TaskTable, now: number, after: ClaimedTask) =>
-  inTransaction(
-    session,
-    table,
-    session.query<ClaimedTask>(
-      claimStatement(table, true),
-      [now, 1, [], [], after.group, after.remote, after.max]
-    )
-  ).pipe(Effect.map((tasks) => tasks[0]))
+  Effect.map(
+    claimScript(
+      session,
+      table,
+      now,
+      bind(claimStatement(table, true), [now, 1, [], [], after.group, after.remote, after.max])
+    ),
+    ({ tasks }) => tasks[0]
+  )
 
 /**
  * What `DISCARD ALL` does, less what it cannot do inside a transaction, so
@@ -230,11 +262,13 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
         state = CASE WHEN task.state = 'STOP' THEN task.state ELSE input.state::${table.stateType} END,
         stop = to_timestamp(input.stop / 1000), output = input.output, error = input.error
       FROM input
-      WHERE task.id = input.id AND task.pid = input.pid AND task.state IN ('WORK', 'STOP') AND NOT input.erase
+      WHERE task.id = ANY ($1::bigint[]) AND task.id = input.id AND task.pid = input.pid
+        AND task.state IN ('WORK', 'STOP') AND NOT input.erase
       RETURNING task.*, input.next AS pg_task_next
     ), gone AS (
       DELETE FROM ${table.name} AS task USING input
-      WHERE task.id = input.id AND task.pid = input.pid AND task.state IN ('WORK', 'STOP') AND input.erase
+      WHERE task.id = ANY ($1::bigint[]) AND task.id = input.id AND task.pid = input.pid
+        AND task.state IN ('WORK', 'STOP') AND input.erase
       RETURNING task.*, input.next AS pg_task_next
     )
     INSERT INTO ${table.name} (${copied}, parent, plan)
@@ -274,15 +308,4 @@ export const reset = (session: Session, table: TaskTable) =>
       [liveLock]
     ),
     (rows) => rows.map((row) => row.id)
-  )
-
-/** The earliest plan after `now`, to sleep until it; null when none is planned. */
-export const nextDue = (session: Session, table: TaskTable, now: number) =>
-  Effect.map(
-    session.query<{ plan: number | null }>(
-      `SELECT (extract(epoch FROM min(plan)) * 1000)::float8 AS plan FROM ${table.name}
-       WHERE state = 'PLAN' AND plan > to_timestamp($1::float8 / 1000)`,
-      [now]
-    ),
-    ([row]) => row?.plan ?? null
   )

@@ -170,30 +170,51 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
         )
         for (const { id } of rows) yield* Deferred.succeed(stops.get(id)!, undefined).pipe(Effect.when(() => stops.has(id)))
       })
-      let checks = 0
+      // Claimed tasks waiting for a session. A claim takes up to `run` more
+      // than there are free sessions, so that a busy worker claims in
+      // batches rather than once per finished task; they stay `TAKE`, held
+      // by the worker's backend, until a session starts them.
+      const waiting: Array<ClaimedTask> = []
+      let nextPlan: number | null = null
+      let mayFindMore = true
+      let dueLeft = false
       let checkStops = true
+      let checks = 0
       while (true) {
         const now = yield* clock.now
         const stopping = yield* Deferred.isDone(shutdown)
-        const free = target.run - (yield* SubscriptionRef.get(running))
-        if (free > 0 && !stopping) {
-          const tasks = yield* link.book((s) => Claimer.claim(s, table, now, free, groups))
-          yield* Effect.forEach(tasks, dispatch, { discard: true })
+        const busy = yield* SubscriptionRef.get(running)
+        if (stopping && waiting.length > 0) {
+          const ids = waiting.splice(0).map((task) => task.id)
+          yield* link.book((s) => Claimer.release(s, table, ids))
         }
-        checks += 1
-        if (checks % target.reset === 0) yield* reset
+        if (!stopping && (mayFindMore || (nextPlan !== null && nextPlan <= now)) && waiting.length < target.run) {
+          const want = 2 * target.run - busy - waiting.length
+          const claimed = yield* link.book((s) => Claimer.claim(s, table, now, want, groups))
+          waiting.push(...claimed.tasks)
+          nextPlan = claimed.nextPlan
+          mayFindMore = claimed.tasks.length === want
+          dueLeft = claimed.dueLeft
+          checks += 1
+          if (checks % target.reset === 0) yield* reset
+        }
+        const free = target.run - busy
+        if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
         if (checkStops) yield* stopRequested
-        const next = yield* link.book((s) => Claimer.nextDue(s, table, now))
-        const deadline = Math.min(now + target.timeout, next ?? Infinity)
+        const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
         const woken = yield* Effect.raceAll([
           Queue.take(wake),
           Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
           stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
         ])
-        const more = yield* Queue.takeAll(wake)
-        // Running tasks are checked for STOP when a notification says so,
-        // and on the poll interval in case one was missed.
-        checkStops = woken === "TIMER" || woken === "STOP" || [...more].includes("STOP")
+        const reasons = [woken, ...(yield* Queue.takeAll(wake))]
+        // A notification or the poll interval may mean new due tasks; a task
+        // that ended frees a session, and a group slot for due tasks that
+        // their group held back. Running tasks are checked for STOP when a
+        // notification says so, and on the poll interval in case one was
+        // missed.
+        mayFindMore ||= dueLeft || reasons.some((reason) => reason !== "END")
+        checkStops = reasons.some((reason) => reason === "TIMER" || reason === "STOP")
       }
     }).pipe(Effect.scoped)
 

@@ -81,12 +81,38 @@ export const open = (
         })
         signal.addEventListener("abort", () => void client.end().catch(() => undefined))
         await client.connect()
+        coalesceWrites(client)
         return { client, isHealthy: () => healthy }
       },
       catch: databaseError(purpose)
     }),
     ({ client }) => Effect.promise(() => client.end().catch(() => undefined))
   ).pipe(Effect.map(({ client, isHealthy }) => make(client, config, isHealthy)))
+
+/**
+ * node-postgres writes each protocol message on its own: a query with
+ * parameters is five writes, and on a machine where a system call is dear
+ * they cost more than the query. Messages sent in the same tick go out in
+ * one write instead.
+ */
+const coalesceWrites = (client: Pg.Client) => {
+  const connection = (client as unknown as {
+    connection: { _send: (buffer: Buffer) => boolean; stream: NodeJS.WritableStream & { cork(): void; uncork(): void } }
+  }).connection
+  const send = connection._send.bind(connection)
+  let corked = false
+  connection._send = (buffer) => {
+    if (!corked) {
+      corked = true
+      connection.stream.cork()
+      process.nextTick(() => {
+        corked = false
+        connection.stream.uncork()
+      })
+    }
+    return send(buffer)
+  }
+}
 
 const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boolean): Session => ({
   pid: (client as unknown as { processID: number }).processID,
