@@ -64,161 +64,16 @@ const make = (options: SchedulerOptions) =>
     })
   })
 
-const reason = (error: unknown) => error instanceof Error || typeof (error as Error)?.message === "string"
-  ? (error as Error).message
-  : String(error)
+const reason = (error: unknown) =>
+  typeof (error as Error)?.message === "string" ? (error as Error).message : String(error)
 
+/** A target's worker, restarted with backoff whenever it fails. */
 const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
   Effect.gen(function*() {
-    const database = yield* Database
-    const clock = yield* Clock
     const ready = yield* Deferred.make<TaskTable>()
     const running = yield* SubscriptionRef.make(0)
-    const config = database.clientConfig(target.data, target.user)
-    const session = Session.open(config, "connect to the target")
-    // The worker's own writes (claims, ends of runs, resets) need not wait for
-    // the disk: a crash that loses the last of them re-runs those tasks, which
-    // at-least-once allows. Tasks' own work keeps the server's setting.
-    const workerSession = Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
-    const once = Effect.gen(function*() {
-      yield* ensureDatabase(database.admin, target)
-      const worker = yield* workerSession
-      yield* Claimer.holdLiveLock(worker)
-      const table = yield* ensureTable(worker, target)
-      const wake = yield* Queue.dropping<Wake>(64)
-      worker.onNotification((message) => {
-        if (message.channel === table.channel) Queue.unsafeOffer(wake, message.payload === "STOP" ? "STOP" : "PLAN")
-      })
-      yield* worker.query(`LISTEN ${quote(table.channel)}`)
-      // A task's backend notices within a second when its client is gone
-      // (PostgreSQL 14 and later), so the tasks of a killed instance are
-      // cancelled and can be reset instead of running on unseen.
-      const taskSession = database.serverVersion >= 140000
-        ? Session.open({ ...config, options: "-c client_connection_check_interval=1000" }, "connect to the target")
-        : session
-      const sessions = yield* Pool.makeWithTTL({
-        acquire: Effect.tap(taskSession, Claimer.holdLiveLock),
-        min: 0,
-        max: target.run,
-        timeToLive: Duration.minutes(1),
-        timeToLiveStrategy: "usage"
-      })
-      const remotes = yield* Executor.makeRemotes
-      const lock = yield* Effect.makeSemaphore(1)
-      const book: Executor.WorkerLink["book"] = (work) => lock.withPermits(1)(work(worker))
-      const finishes = yield* Queue.unbounded<readonly [Claimer.Finish, Deferred.Deferred<void, DatabaseError>]>()
-      // Ends of runs are written together: whatever piled up while the last
-      // write was on its way goes out in the next one.
-      yield* Effect.gen(function*() {
-        const batch = yield* Queue.takeBetween(finishes, 1, 1000)
-        const written = yield* Effect.exit(book((s) => Effect.asVoid(Claimer.finish(s, table, [...batch].map(([f]) => f)))))
-        for (const [, done] of batch) yield* Deferred.done(done, written)
-      }).pipe(Effect.forever, Effect.forkScoped)
-      const link: Executor.WorkerLink = {
-        table,
-        clock,
-        sessions,
-        remotes,
-        book,
-        finish: (finish) =>
-          Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
-            Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
-      }
-      const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
-        ids.length === 0
-          ? Effect.void
-          : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(Effect.annotateLogs("tasks", ids)))
-      yield* reset
-      yield* Effect.logInfo("target started").pipe(
-        Effect.annotateLogs({ database: target.data, table: `${table.schema}.${target.table}`, role: target.user })
-      )
-      yield* Deferred.succeed(ready, table)
-      const fibers = yield* FiberMap.make<string>()
-      const stops = new Map<string, Executor.StopSignal>()
-      const groups = new Map<string, number>()
-      const count = (group: string, delta: number) => {
-        const n = (groups.get(group) ?? 0) + delta
-        if (n > 0) groups.set(group, n)
-        else groups.delete(group)
-      }
-      const dispatch = (task: ClaimedTask) =>
-        Effect.gen(function*() {
-          const stop = yield* Deferred.make<void>()
-          stops.set(task.id, stop)
-          count(task.group, 1)
-          yield* SubscriptionRef.update(running, (n) => n + 1)
-          yield* FiberMap.run(
-            fibers,
-            task.id,
-            Executor.execute(link, task, stop).pipe(
-              Effect.ensuring(Effect.suspend(() => {
-                stops.delete(task.id)
-                count(task.group, -1)
-                return SubscriptionRef.update(running, (n) => n - 1)
-              })),
-              Effect.ensuring(Queue.offer(wake, "END"))
-            )
-          )
-        })
-      const stopRequested = Effect.gen(function*() {
-        if (stops.size === 0) return
-        const rows = yield* link.book((s) =>
-          s.query<{ id: string }>(
-            `SELECT id::text FROM ${table.name} WHERE id = ANY($1::bigint[]) AND state = 'STOP'`,
-            [[...stops.keys()]]
-          )
-        )
-        for (const { id } of rows) yield* Deferred.succeed(stops.get(id)!, undefined).pipe(Effect.when(() => stops.has(id)))
-      })
-      // Claimed tasks waiting for a session. A claim takes up to `run` more
-      // than there are free sessions, so that a busy worker claims in
-      // batches rather than once per finished task; they stay `TAKE`, held
-      // by the worker's backend, until a session starts them.
-      const waiting: Array<ClaimedTask> = []
-      let nextPlan: number | null = null
-      let mayFindMore = true
-      let dueLeft = false
-      let checkStops = true
-      let checks = 0
-      while (true) {
-        const now = yield* clock.now
-        const stopping = yield* Deferred.isDone(shutdown)
-        const busy = yield* SubscriptionRef.get(running)
-        if (stopping && waiting.length > 0) {
-          const ids = waiting.splice(0).map((task) => task.id)
-          yield* link.book((s) => Claimer.release(s, table, ids))
-        }
-        if (!stopping && (mayFindMore || (nextPlan !== null && nextPlan <= now)) && waiting.length < target.run) {
-          const want = 2 * target.run - busy - waiting.length
-          const claimed = yield* link.book((s) => Claimer.claim(s, table, now, want, groups))
-          waiting.push(...claimed.tasks)
-          nextPlan = claimed.nextPlan
-          mayFindMore = claimed.tasks.length === want
-          dueLeft = claimed.dueLeft
-          checks += 1
-          if (checks % target.reset === 0) yield* reset
-        }
-        const free = target.run - busy
-        if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
-        if (checkStops) yield* stopRequested
-        const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
-        const woken = yield* Effect.raceAll([
-          Queue.take(wake),
-          Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
-          stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
-        ])
-        const reasons = [woken, ...(yield* Queue.takeAll(wake))]
-        // A notification or the poll interval may mean new due tasks; a task
-        // that ended frees a session, and a group slot for due tasks that
-        // their group held back. Running tasks are checked for STOP when a
-        // notification says so, and on the poll interval in case one was
-        // missed.
-        mayFindMore ||= dueLeft || reasons.some((reason) => reason !== "END")
-        checkStops = reasons.some((reason) => reason === "TIMER" || reason === "STOP")
-      }
-    }).pipe(Effect.scoped)
-
-    const run = once.pipe(
+    const run = work(target, shutdown, ready, running).pipe(
+      Effect.scoped,
       Effect.catchAllCause((cause) =>
         Cause.isInterruptedOnly(cause)
           ? Effect.interrupt
@@ -239,3 +94,178 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
     }
   })
 
+/**
+ * Sets the target up: its database and role, the worker's own session
+ * (holding its liveness lock, listening to the table's trigger) and the
+ * table. The worker's writes (claims, ends of runs, resets) need not wait
+ * for the disk: a crash that loses the last of them re-runs those tasks,
+ * which at-least-once allows. Tasks' own work keeps the server's setting.
+ */
+const setUp = (target: Target) =>
+  Effect.gen(function*() {
+    const database = yield* Database
+    yield* ensureDatabase(database.admin, target)
+    const config = database.clientConfig(target.data, target.user)
+    const worker = yield* Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
+    yield* Claimer.holdLiveLock(worker)
+    const table = yield* ensureTable(worker, target)
+    const wake = yield* Queue.dropping<Wake>(64)
+    worker.onNotification((message) => {
+      if (message.channel !== table.channel) return
+      Queue.unsafeOffer(wake, message.payload === "STOP" ? "STOP" : "PLAN")
+    })
+    yield* worker.query(`LISTEN ${quote(table.channel)}`)
+    // A task's backend notices within a second when its client is gone
+    // (PostgreSQL 14 and later), so the tasks of a killed instance are
+    // cancelled and can be reset instead of running on unseen.
+    const options = database.serverVersion >= 140000 ? "-c client_connection_check_interval=1000" : undefined
+    const sessions = yield* Pool.makeWithTTL({
+      acquire: Effect.tap(Session.open({ ...config, options }, "connect to the target"), Claimer.holdLiveLock),
+      min: 0,
+      max: target.run,
+      timeToLive: Duration.minutes(1),
+      timeToLiveStrategy: "usage"
+    })
+    return { worker, table, wake, sessions }
+  })
+
+/**
+ * What running tasks share with their worker: its session, one piece of
+ * bookkeeping at a time, and a writer that sends the ends of runs together:
+ * whatever piled up while the last write was on its way goes out in the next.
+ */
+const makeLink = (
+  worker: Session.Session,
+  table: TaskTable,
+  sessions: Executor.WorkerLink["sessions"]
+) =>
+  Effect.gen(function*() {
+    const lock = yield* Effect.makeSemaphore(1)
+    const book: Executor.WorkerLink["book"] = (work) => lock.withPermits(1)(work(worker))
+    type Pending = readonly [Claimer.Finish, Deferred.Deferred<void, DatabaseError>]
+    const finishes = yield* Queue.unbounded<Pending>()
+    yield* Effect.gen(function*() {
+      const batch = [...yield* Queue.takeBetween(finishes, 1, 1000)]
+      const ends = batch.map(([finish]) => finish)
+      const written = yield* Effect.exit(book((session) => Effect.asVoid(Claimer.finish(session, table, ends))))
+      for (const [, done] of batch) yield* Deferred.done(done, written)
+    }).pipe(Effect.forever, Effect.forkScoped)
+    const link: Executor.WorkerLink = {
+      table,
+      clock: yield* Clock,
+      sessions,
+      remotes: yield* Executor.makeRemotes,
+      book,
+      finish: (finish) =>
+        Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
+          Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
+    }
+    return link
+  })
+
+/** One life of a target's worker: set up, then claim and dispatch until interrupted. */
+const work = (
+  target: Target,
+  shutdown: Deferred.Deferred<void>,
+  ready: Deferred.Deferred<TaskTable>,
+  running: SubscriptionRef.SubscriptionRef<number>
+) =>
+  Effect.gen(function*() {
+    const clock = yield* Clock
+    const { worker, table, wake, sessions } = yield* setUp(target)
+    const link = yield* makeLink(worker, table, sessions)
+    const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
+      ids.length === 0
+        ? Effect.void
+        : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(Effect.annotateLogs("tasks", ids)))
+    yield* reset
+    yield* Effect.logInfo("target started").pipe(
+      Effect.annotateLogs({ database: target.data, table: `${table.schema}.${target.table}`, role: target.user })
+    )
+    yield* Deferred.succeed(ready, table)
+    const fibers = yield* FiberMap.make<string>()
+    const stops = new Map<string, Executor.StopSignal>()
+    // The in-process gate: tasks this instance runs, by group.
+    const groups = new Map<string, number>()
+    const count = (group: string, delta: number) => {
+      const n = (groups.get(group) ?? 0) + delta
+      if (n > 0) groups.set(group, n)
+      else groups.delete(group)
+    }
+    const dispatch = (task: ClaimedTask) =>
+      Effect.gen(function*() {
+        const stop = yield* Deferred.make<void>()
+        stops.set(task.id, stop)
+        count(task.group, 1)
+        yield* SubscriptionRef.update(running, (n) => n + 1)
+        const ended = Effect.suspend(() => {
+          stops.delete(task.id)
+          count(task.group, -1)
+          return SubscriptionRef.update(running, (n) => n - 1)
+        })
+        yield* FiberMap.run(
+          fibers,
+          task.id,
+          Executor.execute(link, task, stop).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(wake, "END")))
+        )
+      })
+    const stopRequested = Effect.gen(function*() {
+      if (stops.size === 0) return
+      const rows = yield* link.book((s) =>
+        s.query<{ id: string }>(
+          `SELECT id::text FROM ${table.name} WHERE id = ANY($1::bigint[]) AND state = 'STOP'`,
+          [[...stops.keys()]]
+        )
+      )
+      for (const { id } of rows) {
+        const stop = stops.get(id)
+        if (stop !== undefined) yield* Deferred.succeed(stop, undefined)
+      }
+    })
+    // Claimed tasks waiting for a session. A claim takes up to `run` more
+    // than there are free sessions, so that a busy worker claims in batches
+    // rather than once per finished task; they stay `TAKE`, held by the
+    // worker's backend, until a session starts them.
+    const waiting: Array<ClaimedTask> = []
+    let nextPlan: number | null = null
+    let mayFindMore = true
+    let dueLeft = false
+    let checkStops = true
+    let checks = 0
+    while (true) {
+      const now = yield* clock.now
+      const stopping = yield* Deferred.isDone(shutdown)
+      const busy = yield* SubscriptionRef.get(running)
+      if (stopping && waiting.length > 0) {
+        const ids = waiting.splice(0).map((task) => task.id)
+        yield* link.book((s) => Claimer.release(s, table, ids))
+      }
+      const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
+      if (!stopping && due && waiting.length < target.run) {
+        const want = 2 * target.run - busy - waiting.length
+        const claimed = yield* link.book((s) => Claimer.claim(s, table, now, want, groups))
+        waiting.push(...claimed.tasks)
+        nextPlan = claimed.nextPlan
+        mayFindMore = claimed.tasks.length === want
+        dueLeft = claimed.dueLeft
+        checks += 1
+        if (checks % target.reset === 0) yield* reset
+      }
+      const free = target.run - busy
+      if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
+      if (checkStops) yield* stopRequested
+      const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
+      const woken = yield* Effect.raceAll([
+        Queue.take(wake),
+        Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
+        stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
+      ])
+      const reasons = [woken, ...(yield* Queue.takeAll(wake))]
+      // A notification or the poll interval may mean new due tasks; a task
+      // that ended frees a session, and a group slot for due tasks that their
+      // group held back. Running tasks are checked for STOP when a
+      // notification says so, and on the poll interval in case one was missed.
+      mayFindMore ||= dueLeft || reasons.some((reason) => reason !== "END")
+      checkStops = reasons.some((reason) => reason === "TIMER" || reason === "STOP")
+    }
+  })
