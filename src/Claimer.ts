@@ -37,17 +37,17 @@ const taskColumns = (row: string) => `${row}.id::text AS id, ${row}."group", ${r
  * Claims up to `limit` due tasks, taken in order of `max` descending, then
  * `plan`, then `id`. A task fits while fewer than its `max` tasks of its
  * group are claimed or running, counted over the whole table, so the limit
- * holds whichever instance runs them. Claims on one table are serialised by
- * a transaction lock, so two instances cannot both fill a group's last slot.
+ * holds whichever instance runs them.
  *
  * The cost follows the number of distinct (`group`, `max`) pairs of planned
  * tasks, not the number of rows: a loose scan of the planned-rows index
  * finds the pairs, and for each pair an index range scan reads at most
  * `limit` due rows in `plan` order. Finished rows are in no index it reads.
- * `$1` now in ms, `$2` limit, `$3`/`$4` the in-process group counts;
- * `$5`..`$7` (group, remote, least max) only for a reused session's next task.
+ * `$1` now in ms, `$2` limit, `$3`/`$4` the in-process group counts; with
+ * `$8` true, only tasks a reused session may go on with: group `$5`, remote
+ * `$6`, `max` at least `$7`.
  */
-const claimStatement = (table: TaskTable, next: boolean) => `
+const claimStatement = (table: TaskTable) => `
   WITH RECURSIVE pairs AS (
     (SELECT "group", max FROM ${table.name} WHERE state = 'PLAN' ORDER BY "group", max LIMIT 1)
     UNION ALL
@@ -67,11 +67,11 @@ const claimStatement = (table: TaskTable, next: boolean) => `
     SELECT due.* FROM pairs, LATERAL (
       SELECT task.id, task.max, task.plan, task."group" FROM ${table.name} AS task
       WHERE task.state = 'PLAN' AND task."group" = pairs."group" AND task.max = pairs.max
-        AND task.plan <= to_timestamp($1::float8 / 1000)
-        ${next ? "AND task.remote IS NOT DISTINCT FROM $6" : ""}
+        AND task.plan <= to_timestamp($1 / 1000)
+        AND (NOT $8 OR task.remote IS NOT DISTINCT FROM $6)
       ORDER BY task.plan, task.id LIMIT $2
     ) AS due
-    ${next ? `WHERE pairs."group" = $5 AND pairs.max >= $7` : ""}
+    WHERE NOT $8 OR (pairs."group" = $5 AND pairs.max >= $7)
   ), ranked AS (
     SELECT *, row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank FROM candidates
   ), picked AS (
@@ -79,14 +79,40 @@ const claimStatement = (table: TaskTable, next: boolean) => `
     WHERE coalesce(running.n, 0) + ranked.rank <= ranked.max
     ORDER BY ranked.max DESC, ranked.plan, ranked.id
     LIMIT $2
+  ), claimed AS (
+    UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
+    WHERE task.id = ANY (ARRAY(SELECT id FROM picked)) AND task.state = 'PLAN'
+    RETURNING task.*
   )
-  UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
-  WHERE task.id = ANY (ARRAY(SELECT id FROM picked)) AND task.state = 'PLAN'
-  RETURNING ${taskColumns("task")}`
+  SELECT * FROM claimed`
+
+/**
+ * Creates the claim as a function of the worker's session, in its temporary
+ * schema: PL/pgSQL keeps the statement's plan between calls, so a claim is
+ * one round trip with no planning. Claims on one table are serialised by a
+ * transaction lock, taken before the claim reads the table: each statement
+ * of the function sees what committed before it, so two instances cannot
+ * both fill a group's last slot.
+ */
+export const prepareClaims = (session: Session, table: TaskTable) =>
+  session.query(`
+    CREATE OR REPLACE FUNCTION pg_temp.pg_task_claim(
+      float8, int, text[], bigint[], text, text, int, boolean
+    ) RETURNS SETOF ${table.name} LANGUAGE plpgsql AS $claim$
+    BEGIN
+      PERFORM pg_advisory_xact_lock(${claimLock}, ${table.oid});
+      RETURN QUERY ${claimStatement(table)};
+    END
+    $claim$`)
 
 /** A value written into a script as a literal, for the simple protocol. */
 const literal = (value: unknown): string => {
   if (value === null || value === undefined) return "NULL"
+  if (typeof value === "boolean") return String(value)
+  if (typeof value === "object" && "type" in value && "values" in value) {
+    const { values, type } = value as ReturnType<typeof typed>
+    return `${literal(values)}::${type}`
+  }
   if (typeof value === "number") {
     if (!Number.isFinite(value)) throw new Error(`not a finite number: ${value}`)
     return String(value)
@@ -95,31 +121,27 @@ const literal = (value: unknown): string => {
   return Pg.escapeLiteral(String(value))
 }
 
-/** The statement with `$n` placeholders replaced by literals of `values`. */
-const bind = (statement: string, values: ReadonlyArray<unknown>) =>
-  statement.replace(/\$(\d+)/g, (_, n: string) => literal(values[Number(n) - 1]))
+/** An array with the type its literal is cast to, for arrays that may be empty. */
+const typed = (values: ReadonlyArray<unknown>, type: string) => ({ values, type })
 
 /**
- * A claim in one round trip: the claim lock, the claim, and the next plan
- * after `now`, in one transaction. Moving a row between the partitions of a
- * table partitioned by state can meet a concurrent change of the same row
- * as a serialization failure; the claim is then tried again.
+ * A claim in one round trip, in one transaction: the claim, and the next
+ * plan after `now`. Moving a row between the partitions of a table
+ * partitioned by state can meet a concurrent change of the same row as a
+ * serialization failure; the claim is then tried again.
  */
-const claimScript = (session: Session, table: TaskTable, now: number, statement: string) =>
+const claimScript = (session: Session, table: TaskTable, now: number, args: ReadonlyArray<unknown>) =>
   Effect.gen(function*() {
     const at = `to_timestamp(${literal(now)}::float8 / 1000)`
     const results = yield* session.script([
-      "BEGIN",
-      `SELECT pg_advisory_xact_lock(${claimLock}, ${table.oid})`,
-      statement,
+      `SELECT ${taskColumns("task")} FROM pg_temp.pg_task_claim(${args.map(literal).join(", ")}) AS task`,
       `SELECT (SELECT (extract(epoch FROM min(plan)) * 1000)::float8 FROM ${table.name}
                WHERE state = 'PLAN' AND plan > ${at}) AS plan,
-              EXISTS (SELECT FROM ${table.name} WHERE state = 'PLAN' AND plan <= ${at}) AS due`,
-      "COMMIT"
+              EXISTS (SELECT FROM ${table.name} WHERE state = 'PLAN' AND plan <= ${at}) AS due`
     ].join(";\n"))
-    const [after] = results[3]!
+    const [after] = results[1]!
     return {
-      tasks: inClaimOrder(results[2] as unknown as ReadonlyArray<ClaimedTask>),
+      tasks: inClaimOrder(results[0] as unknown as ReadonlyArray<ClaimedTask>),
       /** The earliest plan still to come. */
       nextPlan: (after?.plan ?? null) as number | null,
       /** Whether due tasks were left, held back by their groups' limits. */
@@ -154,7 +176,8 @@ export const claim = (
     session,
     table,
     now,
-    bind(claimStatement(table, false), [now, limit, [...inProcess.keys()], [...inProcess.values()]])
+    [now, limit, typed([...inProcess.keys()], "text[]"), typed([...inProcess.values()], "bigint[]"),
+      null, null, null, false]
   )
 
 /**
@@ -167,7 +190,7 @@ export const claimNext = (session: Session, table: TaskTable, now: number, after
       session,
       table,
       now,
-      bind(claimStatement(table, true), [now, 1, [], [], after.group, after.remote, after.max])
+      [now, 1, typed([], "text[]"), typed([], "bigint[]"), after.group, after.remote, after.max, true]
     ),
     ({ tasks }) => tasks[0]
   )

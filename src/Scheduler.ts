@@ -109,6 +109,7 @@ const setUp = (target: Target) =>
     const worker = yield* Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
     yield* Claimer.holdLiveLock(worker)
     const table = yield* ensureTable(worker, target)
+    yield* Claimer.prepareClaims(worker, table)
     const wake = yield* Queue.dropping<Wake>(64)
     worker.onNotification((message) => {
       if (message.channel !== table.channel) return
