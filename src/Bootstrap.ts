@@ -6,6 +6,7 @@
  * twice, or from two instances at once, is harmless.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import { Effect } from "effect"
 import Pg from "pg"
 import { describeTarget, type Target } from "./Config.js"
@@ -50,27 +51,36 @@ const code = (error: unknown) => (error as { cause?: { code?: string } }).cause?
 const alreadyThere = (error: unknown) => ["42710", "42P04", "23505"].includes(code(error) ?? "")
 
 /** Creates the target's role and database when missing, on the admin connection. */
-export const ensureDatabase = (admin: SqlClient.SqlClient, target: Target) =>
-  Effect.gen(function*() {
-    const roles = yield* admin`SELECT 1 FROM pg_roles WHERE rolname = ${target.user}`
-    if (roles.length === 0) {
-      yield* admin.unsafe(`CREATE ROLE ${quote(target.user)} LOGIN`).pipe(
-        Effect.catchIf(alreadyThere, () => Effect.void)
+export const ensureDatabase = (admin: SqlClient.SqlClient, target: Target) => {
+  /** Runs `create` when `exists` finds nothing, and logs it when this instance was the one. */
+  const ensure = (exists: Effect.Effect<ReadonlyArray<unknown>, SqlError>, create: string, what: string, name: string) =>
+    Effect.gen(function*() {
+      if ((yield* exists).length > 0) return
+      const created = yield* admin.unsafe(create).pipe(
+        Effect.as(true),
+        Effect.catchIf(alreadyThere, () => Effect.succeed(false))
       )
-      yield* Effect.logInfo("created role").pipe(Effect.annotateLogs("role", target.user))
-    }
-    const databases = yield* admin`SELECT 1 FROM pg_database WHERE datname = ${target.data}`
-    if (databases.length === 0) {
-      yield* admin.unsafe(`CREATE DATABASE ${quote(target.data)} OWNER ${quote(target.user)}`).pipe(
-        Effect.catchIf(alreadyThere, () => Effect.void)
-      )
-      yield* Effect.logInfo("created database").pipe(Effect.annotateLogs("database", target.data))
-    }
+      if (created) yield* Effect.logInfo(`created ${what}`).pipe(Effect.annotateLogs(what, name))
+    })
+  return Effect.gen(function*() {
+    yield* ensure(
+      admin`SELECT 1 FROM pg_roles WHERE rolname = ${target.user}`,
+      `CREATE ROLE ${quote(target.user)} LOGIN`,
+      "role",
+      target.user
+    )
+    yield* ensure(
+      admin`SELECT 1 FROM pg_database WHERE datname = ${target.data}`,
+      `CREATE DATABASE ${quote(target.data)} OWNER ${quote(target.user)}`,
+      "database",
+      target.data
+    )
   }).pipe(
     Effect.mapError((error) =>
       new TargetError({ target: describeTarget(target), reason: (error.cause as Error)?.message ?? error.message })
     )
   )
+}
 
 /** The key of the lock that serialises set-up of one database's targets. */
 const bootstrapLock = 1885823861
