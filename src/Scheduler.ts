@@ -5,7 +5,8 @@
  * the others carry on.
  */
 import {
-  Cause, Context, Deferred, Duration, Effect, FiberMap, Layer, Pool, Queue, Schedule, Stream, SubscriptionRef
+  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Pool, Queue, Schedule, Stream,
+  SubscriptionRef
 } from "effect"
 import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
@@ -20,6 +21,12 @@ import type { ClaimedTask } from "./Task.js"
 export interface SchedulerOptions {
   /** How long running tasks may go on after shutdown begins; then they are cancelled. */
   readonly shutdownTimeout?: Duration.DurationInput | undefined
+  /**
+   * Run what is due, wait for it to end, and stop, instead of running until
+   * interrupted: for cron-style use and scripts. A target that fails is not
+   * started again.
+   */
+  readonly once?: boolean | undefined
 }
 
 /** What wakes a worker before its poll interval ends. */
@@ -28,6 +35,11 @@ type Wake = "PLAN" | "STOP" | "END"
 export interface SchedulerService {
   /** Completes once every target's worker has set its table up. */
   readonly ready: Effect.Effect<ReadonlyArray<TaskTable>>
+  /**
+   * With `once`: completes when every target's worker has stopped, with
+   * whether all of them got through without failing.
+   */
+  readonly done: Effect.Effect<boolean>
 }
 
 export class Scheduler extends Context.Tag("pg-task/Scheduler")<Scheduler, SchedulerService>() {
@@ -39,13 +51,12 @@ const make = (options: SchedulerOptions) =>
     const { targets } = yield* PgTaskConfig
     const shutdown = yield* Deferred.make<void>()
     const grace = Duration.decode(options.shutdownTimeout ?? Duration.seconds(30))
-    const workers = yield* Effect.forEach(targets, (target) => makeWorker(target, shutdown))
-    for (const worker of workers) {
-      yield* worker.run.pipe(
+    const workers = yield* Effect.forEach(targets, (target) => makeWorker(target, shutdown, options.once === true))
+    const fibers = yield* Effect.forEach(workers, (worker) =>
+      worker.run.pipe(
         Effect.annotateLogs({ module: "Scheduler", target: describeTarget(worker.target) }),
         Effect.forkScoped
-      )
-    }
+      ))
     // Runs before the workers are interrupted: stop claiming, then give
     // running tasks the grace period to finish.
     yield* Effect.addFinalizer(() =>
@@ -60,31 +71,36 @@ const make = (options: SchedulerOptions) =>
       })
     )
     return Scheduler.of({
-      ready: Effect.forEach(workers, (worker) => Deferred.await(worker.ready))
+      ready: Effect.forEach(workers, (worker) => Deferred.await(worker.ready)),
+      done: Effect.map(
+        Effect.forEach(fibers, (fiber) => Effect.exit(Fiber.join(fiber))),
+        (exits) => exits.every(Exit.isSuccess)
+      )
     })
   })
 
 const reason = (error: unknown) =>
   typeof (error as Error)?.message === "string" ? (error as Error).message : String(error)
 
-/** A target's worker, restarted with backoff whenever it fails. */
-const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>) =>
+/** A target's worker, restarted with backoff whenever it fails (unless it runs once). */
+const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boolean) =>
   Effect.gen(function*() {
     const ready = yield* Deferred.make<TaskTable>()
     const running = yield* SubscriptionRef.make(0)
-    const run = work(target, shutdown, ready, running).pipe(
-      Effect.scoped,
-      Effect.catchAllCause((cause) =>
-        Cause.isInterruptedOnly(cause)
-          ? Effect.interrupt
-          : Effect.logError("target failed; it starts again after a pause").pipe(
-            Effect.annotateLogs("error", reason(Cause.squash(cause)))
-          )
-      ),
-      Effect.repeat(Schedule.exponential(Duration.seconds(1), 2).pipe(
-        Schedule.union(Schedule.spaced(Duration.seconds(30)))
-      ))
-    )
+    const logFailure = (cause: Cause.Cause<unknown>) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.void
+        : Effect.logError(once ? "target failed" : "target failed; it starts again after a pause").pipe(
+          Effect.annotateLogs("error", reason(Cause.squash(cause)))
+        )
+    const life = work(target, shutdown, ready, running, once).pipe(Effect.scoped, Effect.tapErrorCause(logFailure))
+    const run = once
+      ? life
+      : life.pipe(
+        Effect.retry(Schedule.exponential(Duration.seconds(1), 2).pipe(
+          Schedule.union(Schedule.spaced(Duration.seconds(30)))
+        ))
+      )
     return {
       target,
       run,
@@ -169,7 +185,8 @@ const work = (
   target: Target,
   shutdown: Deferred.Deferred<void>,
   ready: Deferred.Deferred<TaskTable>,
-  running: SubscriptionRef.SubscriptionRef<number>
+  running: SubscriptionRef.SubscriptionRef<number>,
+  once: boolean
 ) =>
   Effect.gen(function*() {
     const clock = yield* Clock
@@ -254,6 +271,8 @@ const work = (
       }
       const free = target.run - busy
       if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
+      const idle = waiting.length === 0 && (yield* SubscriptionRef.get(running)) === 0
+      if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
       const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
       const woken = yield* Effect.raceAll([

@@ -1,5 +1,6 @@
 /**
  * The `pg-task` binary: flags, then layers, then run until a signal.
+ * `pg-task status` and `pg-task check` serve the operator.
  */
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
@@ -7,8 +8,11 @@ import { Console, Effect, Layer, Logger, Option, Redacted } from "effect"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { RawSettings } from "./Config.js"
+import { Database } from "./Database.js"
 import * as Embedded from "./Embedded.js"
 import * as PgTask from "./PgTask.js"
+import { Scheduler } from "./Scheduler.js"
+import * as Status from "./Status.js"
 
 const optionalText = (name: string, description: string) =>
   Options.text(name).pipe(Options.withDescription(description), Options.optional)
@@ -16,7 +20,8 @@ const optionalText = (name: string, description: string) =>
 const optionalInteger = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 
-const flags = {
+/** The flags every command takes: where the server is, and the settings. */
+const common = {
   url: Options.redacted("url").pipe(
     Options.withDescription("The server to run on: a postgresql:// URL or a libpq key=value string. "
       + "Else DATABASE_URL, else libpq's PG* variables; with none of them, an embedded PostgreSQL."),
@@ -27,6 +32,15 @@ const flags = {
   defaultTimeout: optionalInteger("default-timeout", "pg_task.default_timeout: milliseconds between checks"),
   defaultReset: optionalInteger("default-reset", "pg_task.default_reset: checks between resets"),
   run: optionalInteger("run", "most tasks of a target running at once, for targets that name none"),
+  logFormat: Options.choice("log-format", ["logfmt", "pretty", "json"]).pipe(
+    Options.withDescription("how log lines are written"),
+    Options.withDefault("logfmt" as const)
+  )
+}
+
+const flags = {
+  ...common,
+  once: Options.boolean("once").pipe(Options.withDescription("run what is due now, wait for it, and exit")),
   shutdownTimeout: Options.integer("shutdown-timeout").pipe(
     Options.withDescription("milliseconds running tasks may go on after SIGINT or SIGTERM"),
     Options.withDefault(30000)
@@ -41,14 +55,14 @@ const flags = {
   )
 }
 
+type Common = Command.Command.ParseConfig<typeof common>
 type Flags = Command.Command.ParseConfig<typeof flags>
 
 const libpqVariables = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE"]
 
-const text = (value: Option.Option<string | number>) =>
-  Option.getOrUndefined(Option.map(value, String))
+const text = (value: Option.Option<string | number>) => Option.getOrUndefined(Option.map(value, String))
 
-const settingsOf = (options: Flags): RawSettings => ({
+const settingsOf = (options: Common): RawSettings => ({
   json: text(options.json),
   default_table: text(options.defaultTable),
   default_timeout: text(options.defaultTimeout),
@@ -56,38 +70,87 @@ const settingsOf = (options: Flags): RawSettings => ({
   default_run: text(options.run)
 })
 
+const loggers = { logfmt: Logger.logFmt, pretty: Logger.pretty, json: Logger.json } as const
+
+/** The server named by flag or environment, if any. */
+const namedServer = (options: Common) => {
+  if (Option.isSome(options.url)) return Option.some(options.url.value)
+  if (process.env.DATABASE_URL) return Option.some(Redacted.make(process.env.DATABASE_URL))
+  if (libpqVariables.some((name) => process.env[name] !== undefined)) return Option.some(undefined)
+  return Option.none()
+}
+
 /** The server named by flag or environment, or an embedded one when none is. */
 const server = (options: Flags) =>
-  Effect.gen(function*() {
-    if (Option.isSome(options.url)) return options.url.value
-    if (process.env.DATABASE_URL) return Redacted.make(process.env.DATABASE_URL)
-    if (libpqVariables.some((name) => process.env[name] !== undefined)) return undefined
-    const embedded = yield* Embedded.start({ dataDir: options.dataDir, port: options.embeddedPort })
-    yield* Console.log([
-      `pg-task runs on an embedded PostgreSQL, data in ${embedded.dataDir}`,
-      `  connect: psql ${embedded.url}`,
-      `  try:     INSERT INTO task (input) VALUES ('SELECT now()');`,
-      `           SELECT id, state, output, error FROM task;`
-    ].join(os.EOL))
-    return Redacted.make(embedded.url)
+  Option.match(namedServer(options), {
+    onSome: Effect.succeed,
+    onNone: () =>
+      Effect.gen(function*() {
+        const embedded = yield* Embedded.start({ dataDir: options.dataDir, port: options.embeddedPort })
+        yield* Console.log([
+          `pg-task runs on an embedded PostgreSQL, data in ${embedded.dataDir}`,
+          `  connect: psql ${embedded.url}`,
+          `  try:     INSERT INTO task (input) VALUES ('SELECT now()');`,
+          `           SELECT id, state, output, error FROM task;`
+        ].join(os.EOL))
+        return Redacted.make(embedded.url) as Redacted.Redacted<string> | undefined
+      })
   })
+
+/** Reports a failure on standard error, then fails the command so it exits 1. */
+const reported = <A, R>(effect: Effect.Effect<A, { readonly message: string }, R>) =>
+  effect.pipe(
+    Effect.catchAll((error) => Console.error(`pg-task: ${error.message}`).pipe(Effect.zipRight(Effect.fail(error))))
+  )
 
 const main = Command.make("pg-task", flags, (options) =>
   Effect.gen(function*() {
     const url = yield* server(options)
-    yield* Layer.launch(PgTask.layer({
+    const layer = PgTask.layer({
       url,
       settings: settingsOf(options),
-      shutdownTimeout: options.shutdownTimeout
-    }))
-  }).pipe(
-    Effect.scoped,
-    Effect.catchAll((error) =>
-      Console.error(`pg-task: ${error.message}`).pipe(Effect.zipRight(Effect.fail(error)))
-    )
-  ))
+      shutdownTimeout: options.shutdownTimeout,
+      once: options.once
+    })
+    if (!options.once) return yield* Layer.launch(layer)
+    const ok = yield* Effect.flatMap(Scheduler, (scheduler) => scheduler.done).pipe(Effect.provide(layer))
+    if (!ok) return yield* Effect.fail({ message: "a target failed; see the log" })
+  }).pipe(Effect.scoped, reported, Effect.provide(loggers[options.logFormat])))
 
-const cli = Command.run(main, { name: "pg-task", version: "0.1.0" })
+/** The layers an operator command needs: the server it names, and the settings. */
+const operatorLayer = (options: Common) =>
+  Layer.unwrapEffect(
+    Option.match(namedServer(options), {
+      onNone: () => Effect.fail({ message: "name the server with --url, DATABASE_URL or libpq's PG* variables" }),
+      onSome: (url) =>
+        Effect.succeed(
+          PgTask.configLayer({ settings: settingsOf(options) }).pipe(Layer.provideMerge(Database.layer({ url })))
+        )
+    })
+  )
+
+const status = Command.make("status", common, (options) =>
+  Effect.flatMap(Status.status, Console.log).pipe(
+    Effect.provide(operatorLayer(options)),
+    reported,
+    Effect.provide(loggers[options.logFormat])
+  )).pipe(Command.withDescription("counts by state, lateness, running tasks and recent failures of each target"))
+
+const check = Command.make("check", common, (options) =>
+  Effect.gen(function*() {
+    const findings = yield* Status.check
+    for (const { target, problem } of findings) {
+      yield* Console.log(problem === undefined ? `ok   ${target}` : `FAIL ${target}: ${problem}`)
+    }
+    const failed = findings.filter((finding) => finding.problem !== undefined).length
+    if (failed > 0) return yield* Effect.fail({ message: `${failed} of ${findings.length} targets cannot run` })
+  }).pipe(
+    Effect.provide(operatorLayer(options)),
+    reported,
+    Effect.provide(loggers[options.logFormat])
+  )).pipe(Command.withDescription("validate the settings and every target's connection; exit 1 with the reason"))
+
+const cli = Command.run(main.pipe(Command.withSubcommands([status, check])), { name: "pg-task", version: "0.1.0" })
 
 /** A second SIGINT or SIGTERM while shutting down ends the process at once. */
 const exitOnSecondSignal = () => {
@@ -106,6 +169,5 @@ const exitOnSecondSignal = () => {
 exitOnSecondSignal()
 cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),
-  Effect.provide(Logger.logFmt),
   NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

@@ -82,3 +82,53 @@ describe("the pg-task binary", () => {
     }
   }, 180_000)
 })
+
+describe("operator commands", () => {
+  const json = () => JSON.stringify([{ data: database }])
+
+  it("--once runs what is due, leaves what is planned later, and exits 0", async () => {
+    expect(await runBinary(["--url", urlOf(database), "--json", json(), "--once"]).exited).toBe(0)
+    await query(database, "DELETE FROM task")
+    await query(database, `INSERT INTO task (input, "group") VALUES ('SELECT 1', 'once'), ('SELECT 1/0', 'once'),
+      ('SELECT pg_sleep(0.3)', 'once')`)
+    await query(database, `INSERT INTO task (input, "group", plan) VALUES ('SELECT 2', 'once', now() + interval '1 hour')`)
+    const binary = runBinary(["--url", urlOf(database), "--json", json(), "--once"])
+    expect(await binary.exited).toBe(0)
+    const rows = await query(database, `SELECT state::text FROM task WHERE "group" = 'once' ORDER BY id`)
+    expect(rows.map((row) => row.state)).toEqual(["DONE", "FAIL", "DONE", "PLAN"])
+  })
+
+  it("status shows counts by state, due tasks and recent failures", async () => {
+    const binary = runBinary(["status", "--url", urlOf(database), "--json", json()])
+    expect(await binary.exited).toBe(0)
+    const out = binary.stdout()
+    expect(out).toMatch(/tasks: .*DONE \d+/)
+    expect(out).toMatch(/FAIL \d+/)
+    expect(out).toContain("ERROR:  division by zero")
+    expect(out).toMatch(/due now: 0/)
+  })
+
+  it("check passes on a usable target and fails, naming the reason, on a broken one", async () => {
+    const good = runBinary(["check", "--url", urlOf(database), "--json", json()])
+    expect(await good.exited).toBe(0)
+    expect(good.stdout()).toContain(`ok   ${database}/`)
+    const broken = await createDatabase("broken")
+    try {
+      await query(broken, "CREATE TABLE task (id bigserial PRIMARY KEY, input text NOT NULL)")
+      const bad = runBinary(["check", "--url", urlOf(database), "--json", JSON.stringify([{ data: broken }])])
+      expect(await bad.exited).toBe(1)
+      expect(bad.stdout()).toMatch(/FAIL .*: table task has no column "parent"/)
+      expect(bad.stderr()).toContain("1 of 1 targets cannot run")
+    } finally {
+      await dropDatabase(broken)
+    }
+  })
+
+  it("--log-format json writes one JSON object per line, with the target annotated", async () => {
+    const binary = runBinary(["--url", urlOf(database), "--json", json(), "--once", "--log-format", "json"])
+    expect(await binary.exited).toBe(0)
+    const lines = binary.stdout().trim().split("\n").map((line) => JSON.parse(line))
+    expect(lines.some((line) => line.message === "target started" && line.annotations.database === database))
+      .toBe(true)
+  })
+})
