@@ -3,7 +3,7 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Option, Pool, RcMap } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Metric, Option, Pool, RcMap } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { ClockService } from "./Clock.js"
@@ -11,6 +11,7 @@ import * as Conninfo from "./Conninfo.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Session from "./internal/session.js"
 import { copiesWithClient, split } from "./internal/statements.js"
+import * as Metrics from "./Metrics.js"
 import { errors, formatError, formatOutput } from "./Output.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
@@ -96,9 +97,11 @@ const runLocal = (
   chain: Chain
 ): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError> =>
   Effect.gen(function*() {
-    const started = yield* Claimer.start(session, link.table, task, yield* link.clock.now, used.has(session))
+    const startedAt = yield* link.clock.now
+    const started = yield* Claimer.start(session, link.table, task, startedAt, used.has(session))
     used.add(session)
     if (!started) return { reusable: true }
+    yield* countStart(link, task, startedAt)
     const { outcome, clean, lost } = yield* withLimits(task, stop, runInput(session, task)).pipe(
       Effect.onInterrupt(() => putBack(link, task))
     )
@@ -108,7 +111,7 @@ const runLocal = (
       return { reusable: false }
     }
     const reusable = clean && session.isHealthy()
-    const stopped = yield* record(link, task, session.pid, outcome)
+    const stopped = yield* record(link, task, session.pid, outcome, startedAt)
     const next = reusable && goesOn(task, chain, stopped)
       ? yield* link.book((worker) => Claimer.claimNext(worker, link.table, stopped, task))
       : undefined
@@ -128,6 +131,7 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
       Effect.map(Claimer.startRemote(worker, link.table, task, now), (started) => started ? worker.pid : undefined)
     )
     if (pid === undefined) return
+    yield* countStart(link, task, now)
     const run = Effect.gen(function*() {
       const pool = yield* RcMap.get(link.remotes, task.remote!)
       const session = yield* Pool.get(pool)
@@ -152,7 +156,7 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
       yield* Effect.logWarning("the connection to the remote was lost; the task goes back to PLAN")
       return yield* putBack(link, task)
     }
-    yield* record(link, task, pid, outcome)
+    yield* record(link, task, pid, outcome, now)
   })
 
 /** Gives a task back to `PLAN`, for this or another instance to run again. */
@@ -243,11 +247,24 @@ const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>
   return Effect.raceFirst(timed, stopped)
 }
 
+/** A metric tagged with the task's target and group. */
+const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>, link: WorkerLink, task: ClaimedTask) =>
+  metric.pipe(Metric.tagged("target", link.table.label), Metric.tagged("group", task.group))
+
+const countStart = (link: WorkerLink, task: ClaimedTask, start: number) =>
+  Effect.zipRight(
+    Metric.update(tagged(Metrics.tasksStarted, link, task), 1),
+    Metric.update(tagged(Metrics.lateness, link, task), Math.max(0, start - task.plan) / 1000)
+  )
+
 /** Writes the outcome, with the repeat and delete that follow from it; returns when it ended. */
-const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome) =>
+const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome, start: number) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
     yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
+    yield* Metric.update(tagged(Metrics.tasksFinished, link, task).pipe(Metric.tagged("state", outcome.state)), 1)
+    if (outcome.state === "FAIL") yield* Metric.update(tagged(Metrics.tasksFailed, link, task), 1)
+    yield* Metric.update(tagged(Metrics.duration, link, task), (stop - start) / 1000)
     yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
     return stop
   })

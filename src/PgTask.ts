@@ -9,6 +9,7 @@ import { Clock } from "./Clock.js"
 import { fromEnvironment, PgTaskConfig, type RawSettings, settingNames, type Source } from "./Config.js"
 import { Database, type DatabaseOptions } from "./Database.js"
 import { DatabaseError } from "./Errors.js"
+import * as Monitor from "./Monitor.js"
 import { Scheduler, type SchedulerOptions } from "./Scheduler.js"
 
 export interface PgTaskOptions extends DatabaseOptions, SchedulerOptions {
@@ -17,6 +18,8 @@ export interface PgTaskOptions extends DatabaseOptions, SchedulerOptions {
    * follows Effect's own clock, which is `TestClock` in tests.
    */
   readonly clock?: "server" | "effect" | undefined
+  /** Serve `/metrics` and `/healthz` on this port (and host, 127.0.0.1 by default). */
+  readonly monitor?: Monitor.MonitorOptions | undefined
   /** Settings that win over the server's and the environment's, as the flags give them. */
   readonly settings?: RawSettings | undefined
   /** Read `PG_TASK_*` variables from this environment; `process.env` by default, none with `false`. */
@@ -49,9 +52,11 @@ export const configLayer = (options: Pick<PgTaskOptions, "settings" | "env"> = {
   )
 
 /** The whole scheduler against a server, following the server's clock. */
-export const layer = (options: PgTaskOptions = {}) =>
-  Scheduler.layer(options).pipe(
+export const layer = (options: PgTaskOptions = {}) => {
+  const scheduler = Scheduler.layer(options).pipe(
     Layer.provideMerge(configLayer(options)),
     Layer.provideMerge(options.clock === "effect" ? Clock.layerTest : Clock.layerServer()),
     Layer.provideMerge(Database.layer(options))
   )
+  return options.monitor ? Layer.provideMerge(Monitor.layer(options.monitor), scheduler) : scheduler
+}

@@ -5,8 +5,8 @@
  * the others carry on.
  */
 import {
-  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Pool, Queue, Schedule, Stream,
-  SubscriptionRef
+  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Pool, Queue, Ref, Schedule,
+  Stream, SubscriptionRef
 } from "effect"
 import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
@@ -16,6 +16,7 @@ import { Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Executor from "./Executor.js"
 import * as Session from "./internal/session.js"
+import * as Metrics from "./Metrics.js"
 import type { ClaimedTask } from "./Task.js"
 
 export interface SchedulerOptions {
@@ -40,6 +41,15 @@ export interface SchedulerService {
    * whether all of them got through without failing.
    */
   readonly done: Effect.Effect<boolean>
+  /** Whether each target's worker is up, and why not when it is not. */
+  readonly health: Effect.Effect<ReadonlyArray<TargetHealth>>
+}
+
+export interface TargetHealth {
+  readonly target: string
+  readonly up: boolean
+  /** Why the worker is not up: starting, or the error it last failed with. */
+  readonly reason?: string | undefined
 }
 
 export class Scheduler extends Context.Tag("pg-task/Scheduler")<Scheduler, SchedulerService>() {
@@ -75,7 +85,8 @@ const make = (options: SchedulerOptions) =>
       done: Effect.map(
         Effect.forEach(fibers, (fiber) => Effect.exit(Fiber.join(fiber))),
         (exits) => exits.every(Exit.isSuccess)
-      )
+      ),
+      health: Effect.forEach(workers, (worker) => Ref.get(worker.health))
     })
   })
 
@@ -87,13 +98,17 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
   Effect.gen(function*() {
     const ready = yield* Deferred.make<TaskTable>()
     const running = yield* SubscriptionRef.make(0)
+    const label = describeTarget(target)
+    const health = yield* Ref.make<TargetHealth>({ target: label, up: false, reason: "starting" })
     const logFailure = (cause: Cause.Cause<unknown>) =>
       Cause.isInterruptedOnly(cause)
         ? Effect.void
         : Effect.logError(once ? "target failed" : "target failed; it starts again after a pause").pipe(
-          Effect.annotateLogs("error", reason(Cause.squash(cause)))
+          Effect.annotateLogs("error", reason(Cause.squash(cause))),
+          Effect.zipRight(Ref.set(health, { target: label, up: false, reason: reason(Cause.squash(cause)) }))
         )
-    const life = work(target, shutdown, ready, running, once).pipe(Effect.scoped, Effect.tapErrorCause(logFailure))
+    const up = Ref.set(health, { target: label, up: true })
+    const life = work(target, shutdown, ready, running, once, up).pipe(Effect.scoped, Effect.tapErrorCause(logFailure))
     const run = once
       ? life
       : life.pipe(
@@ -105,6 +120,7 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
       target,
       run,
       ready,
+      health,
       /** Completes when no task of this target runs any more. */
       drained: running.changes.pipe(Stream.takeUntil((n) => n === 0), Stream.runDrain)
     }
@@ -186,21 +202,29 @@ const work = (
   shutdown: Deferred.Deferred<void>,
   ready: Deferred.Deferred<TaskTable>,
   running: SubscriptionRef.SubscriptionRef<number>,
-  once: boolean
+  once: boolean,
+  up: Effect.Effect<void>
 ) =>
   Effect.gen(function*() {
     const clock = yield* Clock
     const { worker, table, wake, sessions } = yield* setUp(target)
     const link = yield* makeLink(worker, table, sessions)
+    const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
       ids.length === 0
         ? Effect.void
-        : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(Effect.annotateLogs("tasks", ids)))
+        : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(
+          Effect.annotateLogs("tasks", ids),
+          Effect.zipRight(Metric.update(resets, ids.length))
+        ))
     yield* reset
     yield* Effect.logInfo("target started").pipe(
       Effect.annotateLogs({ database: target.data, table: `${table.schema}.${target.table}`, role: target.user })
     )
     yield* Deferred.succeed(ready, table)
+    yield* up
+    const runningGauge = Metrics.tasksRunning.pipe(Metric.tagged("target", table.label))
+    yield* running.changes.pipe(Stream.runForEach((n) => Metric.set(runningGauge, n)), Effect.forkScoped)
     const fibers = yield* FiberMap.make<string>()
     const stops = new Map<string, Executor.StopSignal>()
     // The in-process gate: tasks this instance runs, by group.

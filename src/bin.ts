@@ -41,6 +41,11 @@ const common = {
 const flags = {
   ...common,
   once: Options.boolean("once").pipe(Options.withDescription("run what is due now, wait for it, and exit")),
+  metricsPort: optionalInteger("metrics-port", "serve Prometheus /metrics and /healthz on this port"),
+  metricsHost: Options.text("metrics-host").pipe(
+    Options.withDescription("address the metrics port listens on"),
+    Options.withDefault("127.0.0.1")
+  ),
   shutdownTimeout: Options.integer("shutdown-timeout").pipe(
     Options.withDescription("milliseconds running tasks may go on after SIGINT or SIGTERM"),
     Options.withDefault(30000)
@@ -110,7 +115,8 @@ const main = Command.make("pg-task", flags, (options) =>
       url,
       settings: settingsOf(options),
       shutdownTimeout: options.shutdownTimeout,
-      once: options.once
+      once: options.once,
+      monitor: Option.getOrUndefined(Option.map(options.metricsPort, (port) => ({ port, host: options.metricsHost })))
     })
     if (!options.once) return yield* Layer.launch(layer)
     const ok = yield* Effect.flatMap(Scheduler, (scheduler) => scheduler.done).pipe(Effect.provide(layer))
