@@ -3,12 +3,12 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Metric, Option, Pool, RcMap } from "effect"
+import { Cause, Deferred, Effect, Exit, Metric, Option, Pool } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { ClockService } from "./Clock.js"
-import * as Conninfo from "./Conninfo.js"
 import type { DatabaseError } from "./Errors.js"
+import * as Remotes from "./internal/remotes.js"
 import * as Session from "./internal/session.js"
 import { copiesWithClient, split } from "./internal/statements.js"
 import * as Metrics from "./Metrics.js"
@@ -25,7 +25,8 @@ export interface WorkerLink {
   readonly book: <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) => Effect.Effect<A, E>
   /** Sessions as the target's role, holding their liveness lock. */
   readonly sessions: Pool.Pool<Session.Session, DatabaseError>
-  readonly remotes: Remotes
+  /** Sessions to remote databases, reused between tasks. */
+  readonly remotes: Remotes.Remotes
 }
 
 /** Asks a running task to end early; completed by the worker when a user sets `STOP`. */
@@ -133,17 +134,14 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
     if (pid === undefined) return
     yield* countStart(link, task, now)
     const run = Effect.gen(function*() {
-      const pool = yield* RcMap.get(link.remotes, task.remote!)
-      const session = yield* Pool.get(pool)
-      const ran = yield* Effect.gen(function*() {
-        yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
-          Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason }), undefined, true))
-        )
-        return yield* runInput(session, task)
-      }).pipe(Effect.onInterrupt(() => Pool.invalidate(pool, session)))
-      const reusable = ran.clean && session.isHealthy()
+      const lease = yield* link.remotes.lease(task.remote!)
+      const { session } = lease
+      yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
+        Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason }), undefined, true))
+      )
+      const ran = yield* runInput(session, task)
+      lease.reuse = ran.clean && session.isHealthy()
         && Exit.isSuccess(yield* Effect.exit(session.query("DISCARD ALL")))
-      if (!reusable) yield* Pool.invalidate(pool, session)
       return ran
     }).pipe(
       Effect.catchAll((failure) => Effect.succeed({ outcome: failed(failure.error), clean: false })),
@@ -162,39 +160,6 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
 /** Gives a task back to `PLAN`, for this or another instance to run again. */
 const putBack = (link: WorkerLink, task: ClaimedTask) =>
   link.book((worker) => Claimer.release(worker, link.table, [task.id])).pipe(Effect.ignore)
-
-const openRemote = (remote: string) =>
-  Effect.gen(function*() {
-    const info = yield* Effect.mapError(
-      Conninfo.parse(remote),
-      (error) => new Session.TaskFailure(formatError({ message: `invalid remote: ${error.message}` }))
-    )
-    return yield* Session.open(Conninfo.toClientConfig(info), "connect to the remote").pipe(
-      Effect.mapError((error) =>
-        new Session.TaskFailure(formatError({ message: `could not connect to the remote: ${error.reason}` }))
-      )
-    )
-  })
-
-/**
- * Connections to remotes, reused: a few sessions per connection string,
- * closed after a minute unused, and the whole pool of a remote dropped a
- * minute after its last task.
- */
-export const makeRemotes = RcMap.make({
-  lookup: (remote: string) =>
-    Pool.makeWithTTL({
-      acquire: openRemote(remote),
-      min: 0,
-      max: 4,
-      timeToLive: Duration.minutes(1),
-      timeToLiveStrategy: "usage"
-    }),
-  idleTimeToLive: Duration.minutes(1)
-})
-
-/** The sessions to every remote a target's tasks name. */
-export type Remotes = Effect.Effect.Success<typeof makeRemotes>
 
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 

@@ -5,8 +5,8 @@
  * the others carry on.
  */
 import {
-  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Pool, Queue, Ref, Schedule,
-  Stream, SubscriptionRef
+  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Pool, Queue, Ref, Stream,
+  SubscriptionRef
 } from "effect"
 import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
@@ -15,6 +15,7 @@ import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
 import { Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Executor from "./Executor.js"
+import * as Remotes from "./internal/remotes.js"
 import * as Session from "./internal/session.js"
 import * as Metrics from "./Metrics.js"
 import type { ClaimedTask } from "./Task.js"
@@ -107,15 +108,21 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
           Effect.annotateLogs("error", reason(Cause.squash(cause))),
           Effect.zipRight(Ref.set(health, { target: label, up: false, reason: reason(Cause.squash(cause)) }))
         )
-    const up = Ref.set(health, { target: label, up: true })
+    let started = false
+    const up = Effect.zipRight(Ref.set(health, { target: label, up: true }), Effect.sync(() => (started = true)))
     const life = work(target, shutdown, ready, running, once, up).pipe(Effect.scoped, Effect.tapErrorCause(logFailure))
-    const run = once
-      ? life
-      : life.pipe(
-        Effect.retry(Schedule.exponential(Duration.seconds(1), 2).pipe(
-          Schedule.union(Schedule.spaced(Duration.seconds(30)))
-        ))
-      )
+    // The pause before a new start doubles from one second up to thirty,
+    // and goes back to one second once the target has started again.
+    const run = once ? life : Effect.gen(function*() {
+      for (let failures = 0;; failures++) {
+        started = false
+        yield* life.pipe(
+          Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Effect.void)
+        )
+        if (started) failures = 0
+        yield* Effect.sleep(Duration.millis(Math.min(1000 * 2 ** failures, 30_000)))
+      }
+    })
     return {
       target,
       run,
@@ -187,7 +194,7 @@ const makeLink = (
       table,
       clock: yield* Clock,
       sessions,
-      remotes: yield* Executor.makeRemotes,
+      remotes: yield* Remotes.make,
       book,
       finish: (finish) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>

@@ -65,29 +65,38 @@ export const databaseError = (action: string) => (cause: unknown) =>
 export const open = (
   config: Pg.ClientConfig,
   purpose: string
-): Effect.Effect<Session, DatabaseError, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.tryPromise({
-      try: async (signal) => {
-        const client = new Pg.Client(config)
-        let healthy = true
-        // A broken socket is reported here and by the failing query; without
-        // a listener the error would end the process.
-        client.on("error", () => {
-          healthy = false
-        })
-        client.on("end", () => {
-          healthy = false
-        })
-        signal.addEventListener("abort", () => void client.end().catch(() => undefined))
-        await client.connect()
-        coalesceWrites(client)
-        return { client, isHealthy: () => healthy }
-      },
-      catch: databaseError(purpose)
-    }),
-    ({ client }) => Effect.promise(() => client.end().catch(() => undefined))
+): Effect.Effect<Session, DatabaseError, Scope.Scope> => {
+  const connect = Effect.tryPromise({
+    try: async (signal) => {
+      const client = new Pg.Client(config)
+      let healthy = true
+      // A broken socket is reported here and by the failing query; without
+      // a listener the error would end the process.
+      client.on("error", () => {
+        healthy = false
+      })
+      client.on("end", () => {
+        healthy = false
+      })
+      // An interrupted connect drops the socket at once: a server that
+      // never answers would also never finish a polite goodbye.
+      signal.addEventListener("abort", () => (client as unknown as Connected).connection.stream.destroy())
+      await client.connect()
+      coalesceWrites(client)
+      return { client, isHealthy: () => healthy }
+    },
+    catch: databaseError(purpose)
+  })
+  // Connecting stays interruptible, unlike an acquisition of acquireRelease,
+  // so a timeout can cut short a server that accepts and never answers; the
+  // abort above then closes the socket.
+  return Effect.uninterruptibleMask((restore) =>
+    Effect.tap(
+      restore(connect),
+      ({ client }) => Effect.addFinalizer(() => Effect.promise(() => client.end().catch(() => undefined)))
+    )
   ).pipe(Effect.map(({ client, isHealthy }) => make(client, config, isHealthy)))
+}
 
 /**
  * node-postgres writes each protocol message on its own: a query with
@@ -95,10 +104,15 @@ export const open = (
  * they cost more than the query. Messages sent in the same tick go out in
  * one write instead.
  */
+interface Connected {
+  readonly connection: {
+    _send: (buffer: Buffer) => boolean
+    readonly stream: NodeJS.WritableStream & { cork(): void; uncork(): void; destroy(): void }
+  }
+}
+
 const coalesceWrites = (client: Pg.Client) => {
-  const connection = (client as unknown as {
-    connection: { _send: (buffer: Buffer) => boolean; stream: NodeJS.WritableStream & { cork(): void; uncork(): void } }
-  }).connection
+  const connection = (client as unknown as Connected).connection
   const send = connection._send.bind(connection)
   let corked = false
   connection._send = (buffer) => {
