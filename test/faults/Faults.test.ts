@@ -317,4 +317,46 @@ describe("faults", () => {
       // The scheduler re-created it; drop it for good.
       yield* Effect.promise(() => dropDatabase(doomed))
     }))
+
+  it.live("a target's database renamed under the scheduler: that target reports and comes back; the other runs on", () =>
+    Effect.gen(function*() {
+      const admin = yield* Effect.promise(() => database("rename_admin"))
+      const moved = yield* Effect.promise(() => database("moved"))
+      const other = yield* Effect.promise(() => database("steady"))
+      const renamed = `${moved}_old`
+      created.push(renamed)
+      const logs = captureLogs()
+      yield* withScheduler(
+        scheduler(admin, { json: JSON.stringify([{ data: moved }, { data: other }]) }),
+        Effect.gen(function*() {
+          yield* ready
+          // A database with sessions cannot be renamed: end them, then rename
+          // before the worker's pause is over.
+          yield* Effect.promise(() =>
+            query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", [moved]))
+          yield* Effect.promise(() => query(admin, `ALTER DATABASE "${moved}" RENAME TO "${renamed}"`))
+          const [after] = yield* insertTasks(other, [{ input: "SELECT 'after the rename'" }])
+          const [row] = yield* Effect.promise(() =>
+            within(() => query<TaskRow>(other, "SELECT * FROM task WHERE id = $1", [after]), ([r]) =>
+              r?.state === "DONE", 10))
+          // The target comes back on a database of its name again, as the
+          // contract says: a missing database is created.
+          const [back] = yield* Effect.promise(() =>
+            within(
+              () => query<{ n: number }>(admin, "SELECT count(*)::int AS n FROM pg_database WHERE datname = $1", [moved]),
+              ([r]) => r!.n === 1,
+              15
+            )
+          )
+          const error = logs.lines.find((l) => l.line.includes(moved) && /level=ERROR/.test(l.line))
+          console.log(
+            `[faults] injected: sessions of one of two targets ended and its database renamed; checked: other `
+              + `target's task ${row!.state}, error logged: ${error?.line ?? "(none)"}, database of the name back: ${back!.n}`
+          )
+          expect(row!.output).toBe("after the rename")
+          expect(error?.line).toMatch(/target failed/)
+          expect(back!.n).toBe(1)
+        })
+      ).pipe(Effect.provide(logs.layer))
+    }))
 })
