@@ -4,7 +4,7 @@
  * claiming, lets running tasks finish within the shutdown timeout, then
  * cancels the rest and puts them back to `PLAN`.
  */
-import { Effect, Layer } from "effect"
+import { type Config, Effect, Layer } from "effect"
 import { Clock } from "./Clock.js"
 import { fromEnvironment, PgTaskConfig, type RawSettings, settingNames, type Source } from "./Config.js"
 import { Database, type DatabaseOptions } from "./Database.js"
@@ -60,3 +60,11 @@ export const layer = (options: PgTaskOptions = {}) => {
   )
   return options.monitor ? Layer.provideMerge(Monitor.layer(options.monitor), scheduler) : scheduler
 }
+
+/**
+ * The whole scheduler with its options read from Effect's `Config`, for
+ * applications that configure everything that way:
+ * `PgTask.layerConfig(Config.all({ url: Config.redacted("DATABASE_URL") }))`.
+ */
+export const layerConfig = (options: Config.Config<PgTaskOptions>) =>
+  Layer.unwrapEffect(Effect.map(options, layer))

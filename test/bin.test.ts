@@ -124,11 +124,18 @@ describe("operator commands", () => {
     }
   })
 
-  it("--log-format json writes one JSON object per line, with the target annotated", async () => {
-    const binary = runBinary(["--url", urlOf(database), "--json", json(), "--once", "--log-format", "json"])
+  it("--log-format json writes one JSON object per line, annotated with target, task and group", async () => {
+    const [{ id }] = await query<{ id: string }>(database,
+      `INSERT INTO task (input, "group") VALUES ('SELECT 1', 'logged') RETURNING id::text`)
+    // The command line parser reads its built-in --log-level only before the other flags.
+    const binary = runBinary([
+      "--log-level", "debug", "--url", urlOf(database), "--json", json(), "--once", "--log-format", "json"
+    ])
     expect(await binary.exited).toBe(0)
     const lines = binary.stdout().trim().split("\n").map((line) => JSON.parse(line))
     expect(lines.some((line) => line.message === "target started" && line.annotations.database === database))
       .toBe(true)
+    expect(lines.find((line) => line.message === "task ended" && line.annotations.task === id)?.annotations)
+      .toMatchObject({ group: "logged", state: "DONE", module: "Scheduler" })
   })
 })
