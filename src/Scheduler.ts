@@ -159,11 +159,13 @@ const setUp = (target: Target) =>
     // (PostgreSQL 14 and later), so the tasks of a killed instance are
     // cancelled and can be reset instead of running on unseen.
     const options = database.serverVersion >= 140000 ? "-c client_connection_check_interval=1000" : undefined
+    // Idle sessions close after half an hour. The pool checks them on that
+    // period, so a shorter one would also wake it more often for nothing.
     const sessions = yield* Pool.makeWithTTL({
       acquire: Effect.tap(Session.open({ ...config, options }, "connect to the target"), Claimer.holdLiveLock),
       min: 0,
       max: target.run,
-      timeToLive: Duration.minutes(1),
+      timeToLive: Duration.minutes(30),
       timeToLiveStrategy: "usage"
     })
     return { worker, table, wake, sessions }

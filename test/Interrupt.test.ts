@@ -86,7 +86,7 @@ describe("timeout", () => {
         const [row] = yield* awaitTasks(database, [id!])
         expect(row).toMatchObject({ state: "FAIL", error: "ERROR:  canceling statement due to statement timeout" })
         expect(elapsed(row!)).toBe(3_600_000)
-      }))
+      }), { default_timeout: "86400000" })
     }))
 })
 
@@ -229,7 +229,8 @@ describe("shutdown", () => {
       yield* TestClock.setTime(Date.parse("2032-01-01T00:00:00Z"))
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
-        localScheduler(database, {}).pipe(Layer.provide(Layer.empty)),
+        // A day between polls, so that adjusting TestClock wakes few sleeps.
+        localScheduler(database, { default_timeout: "86400000" }),
         scope
       )
       yield* Effect.provide(ready, context)

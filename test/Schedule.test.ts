@@ -32,8 +32,15 @@ const done = (rows: Array<TaskRow>) => rows.filter((row) => row.state === "DONE"
 
 const running = (rows: Array<TaskRow>) => rows.some((row) => row.state === "WORK")
 
-const scheduled = <A, E, R>(body: Effect.Effect<A, E, R>) =>
-  withScheduler(localScheduler(database), Effect.zipRight(ready, body))
+/**
+ * TestClock.adjust wakes pending sleeps one deadline at a time, so a short
+ * poll interval would make one adjustment thousands of steps, and a task
+ * ending meanwhile would read a time in between. With a poll interval of a
+ * day, the scheduler wakes only on notifications and on its next plan,
+ * which is what these tests are about.
+ */
+const scheduled = <A, E, R>(body: Effect.Effect<A, E, R>, pollMs = 86_400_000) =>
+  withScheduler(localScheduler(database, { default_timeout: String(pollMs) }), Effect.zipRight(ready, body))
 
 describe("schedules under TestClock", () => {
   it.effect("a repeat '5 min' task runs 12 times in a virtual hour, on its grid", () =>
@@ -94,6 +101,7 @@ describe("schedules under TestClock", () => {
       expect(rows.at(-1)).toMatchObject({ state: "PLAN", plan: new Date(T0 + minutes(25)) })
     }))
 
+  // Here the usual poll interval runs too, to show it does not make the task late.
   it.effect("a task planned for tomorrow runs exactly when the clock gets there", () =>
     Effect.gen(function*() {
       yield* TestClock.setTime(T0)
