@@ -60,6 +60,5 @@ export const formatError = (error: ServerError): string => {
 /** The errors pg-task itself writes when it ends a task. */
 export const errors = {
   timeout: formatError({ message: "canceling statement due to statement timeout" }),
-  stopped: formatError({ message: "canceling statement due to user request" }),
-  copy: formatError({ message: "COPY to or from the client is not supported in tasks; use COPY with a file or a program" })
+  stopped: formatError({ message: "canceling statement due to user request" })
 } as const
