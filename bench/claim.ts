@@ -120,6 +120,8 @@ const measureAll = async (db: Database, table: TaskTable): Promise<ClaimResult> 
   try {
     const open = Session.open({ connectionString: db.url }, "bench")
     const session = await Effect.runPromise(Scope.extend(open, scope))
+    // The claim is a function of the worker's session; this session needs its own.
+    await Effect.runPromise(Claimer.prepareClaims(session, table))
     await db.query("VACUUM ANALYZE task")
     const empty = await measureCase(db, session, table, "empty table")
     await insertRows(db, historyRows, "DONE")
