@@ -53,7 +53,12 @@ const alreadyThere = (error: unknown) => ["42710", "42P04", "23505"].includes(co
 /** Creates the target's role and database when missing, on the admin connection. */
 export const ensureDatabase = (admin: SqlClient.SqlClient, target: Target) => {
   /** Runs `create` when `exists` finds nothing, and logs it when this instance was the one. */
-  const ensure = (exists: Effect.Effect<ReadonlyArray<unknown>, SqlError>, create: string, what: string, name: string) =>
+  const ensure = (
+    exists: Effect.Effect<ReadonlyArray<unknown>, SqlError>,
+    create: string,
+    what: string,
+    name: string
+  ) =>
     Effect.gen(function*() {
       if ((yield* exists).length > 0) return
       const created = yield* admin.unsafe(create).pipe(
@@ -132,7 +137,7 @@ export const ensureTable = (session: Session, target: Target) =>
         yield* session.query(statement)
       }
     } else {
-      yield* Effect.logWarning("the table belongs to another role, so its indexes and wake-up trigger are left as they are")
+      yield* Effect.logWarning("the table belongs to another role: its indexes and wake-up trigger are left as they are")
         .pipe(Effect.annotateLogs("table", name))
     }
     yield* session.query("COMMIT")

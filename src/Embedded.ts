@@ -114,7 +114,11 @@ export const start = (options: EmbeddedOptions) => {
       persistent: true,
       createPostgresUser: process.getuid?.() === 0,
       initdbFlags: ["--encoding=UTF8", "--locale=C"],
-      postgresFlags: ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"],
+      postgresFlags: [
+        "-c", "listen_addresses=127.0.0.1",
+        "-c", "unix_socket_directories=",
+        "-c", "max_connections=200"
+      ],
       onLog: (message) => {
         log.push(String(message))
         if (log.length > 50) log.shift()

@@ -59,6 +59,7 @@ export const layer = (options: MonitorOptions) =>
             server.close(() => resume(Effect.void))
           })
       )
-      yield* Effect.logInfo("monitoring").pipe(Effect.annotateLogs({ metrics: `http://${host}:${options.port}/metrics` }))
+      const metrics = `http://${host}:${options.port}/metrics`
+      yield* Effect.logInfo("monitoring").pipe(Effect.annotateLogs({ metrics }))
     })
   )
