@@ -3,7 +3,7 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Effect, Exit, Metric, Option, Pool } from "effect"
+import { Cause, Deferred, Effect, Exit, Metric, Option, Pool, type Scope } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { ClockService } from "./Clock.js"
@@ -27,6 +27,12 @@ export interface WorkerLink {
   readonly sessions: Pool.Pool<Session.Session, DatabaseError>
   /** Sessions to remote databases, reused between tasks. */
   readonly remotes: Remotes.Remotes
+  /**
+   * The signal a user's STOP of the task completes, registered with the
+   * worker for as long as the scope lives, so that the worker's STOP checks
+   * see every running task, successors in a session included.
+   */
+  readonly watch: (id: string) => Effect.Effect<StopSignal, never, Scope.Scope>
 }
 
 /** Asks a running task to end early; completed by the worker when a user sets `STOP`. */
@@ -38,15 +44,15 @@ export type StopSignal = Deferred.Deferred<void>
  * the worker's, logged with the task put back to `PLAN`. Interrupting it
  * (shutdown) cancels the query and puts the task back to `PLAN`.
  */
-export const execute = (link: WorkerLink, first: ClaimedTask, stop: StopSignal) => {
+export const execute = (link: WorkerLink, first: ClaimedTask) => {
   let current = first
   return Effect.gen(function*() {
-    if (first.remote !== null) return yield* runRemote(link, first, stop)
+    if (first.remote !== null) return yield* Effect.scoped(runRemote(link, first))
     const chain = { born: yield* link.clock.now, ran: 0 }
     const session = yield* Pool.get(link.sessions)
     for (;;) {
       chain.ran += 1
-      const { reusable, next } = yield* runLocal(link, session, current, stop, chain)
+      const { reusable, next } = yield* Effect.scoped(runLocal(link, session, current, chain))
       if (next === undefined) {
         // A broken session is thrown away; so is one that ran under `count`
         // or `live`, which end with it: the group's next task gets a new one.
@@ -94,10 +100,10 @@ const runLocal = (
   link: WorkerLink,
   session: Session.Session,
   task: ClaimedTask,
-  stop: StopSignal,
   chain: Chain
-): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError> =>
+): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError, Scope.Scope> =>
   Effect.gen(function*() {
+    const stop = yield* link.watch(task.id)
     const startedAt = yield* link.clock.now
     const started = yield* Claimer.start(session, link.table, task, startedAt, used.has(session))
     used.add(session)
@@ -125,8 +131,9 @@ const runLocal = (
  * it runs. Its timeout counts from before the connect, so a remote that
  * hangs cannot hold the task forever.
  */
-const runRemote = (link: WorkerLink, task: ClaimedTask, stop: StopSignal) =>
+const runRemote = (link: WorkerLink, task: ClaimedTask) =>
   Effect.gen(function*() {
+    const stop = yield* link.watch(task.id)
     const now = yield* link.clock.now
     const pid = yield* link.book((worker) =>
       Effect.map(Claimer.startRemote(worker, link.table, task, now), (started) => started ? worker.pid : undefined)

@@ -192,17 +192,24 @@ const makeLink = (
       const written = yield* Effect.exit(book((session) => Effect.asVoid(Claimer.finish(session, table, ends))))
       for (const [, done] of batch) yield* Deferred.done(done, written)
     }).pipe(Effect.forever, Effect.forkScoped)
+    // Every running task's STOP signal, by id, for the worker's STOP checks.
+    const stops = new Map<string, Executor.StopSignal>()
     const link: Executor.WorkerLink = {
       table,
       clock: yield* Clock,
       sessions,
       remotes: yield* Remotes.make,
       book,
+      watch: (id) =>
+        Effect.acquireRelease(
+          Effect.tap(Deferred.make<void>(), (stop) => Effect.sync(() => stops.set(id, stop))),
+          () => Effect.sync(() => stops.delete(id))
+        ),
       finish: (finish) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
           Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
     }
-    return link
+    return { link, stops }
   })
 
 /** One life of a target's worker: set up, then claim and dispatch until interrupted. */
@@ -217,7 +224,7 @@ const work = (
   Effect.gen(function*() {
     const clock = yield* Clock
     const { worker, table, wake, sessions } = yield* setUp(target)
-    const link = yield* makeLink(worker, table, sessions)
+    const { link, stops } = yield* makeLink(worker, table, sessions)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
       ids.length === 0
@@ -235,7 +242,6 @@ const work = (
     const runningGauge = Metrics.tasksRunning.pipe(Metric.tagged("target", table.label))
     yield* running.changes.pipe(Stream.runForEach((n) => Metric.set(runningGauge, n)), Effect.forkScoped)
     const fibers = yield* FiberMap.make<string>()
-    const stops = new Map<string, Executor.StopSignal>()
     // The in-process gate: tasks this instance runs, by group.
     const groups = new Map<string, number>()
     const count = (group: string, delta: number) => {
@@ -245,19 +251,16 @@ const work = (
     }
     const dispatch = (task: ClaimedTask) =>
       Effect.gen(function*() {
-        const stop = yield* Deferred.make<void>()
-        stops.set(task.id, stop)
         count(task.group, 1)
         yield* SubscriptionRef.update(running, (n) => n + 1)
         const ended = Effect.suspend(() => {
-          stops.delete(task.id)
           count(task.group, -1)
           return SubscriptionRef.update(running, (n) => n - 1)
         })
         yield* FiberMap.run(
           fibers,
           task.id,
-          Executor.execute(link, task, stop).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(wake, "END")))
+          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(wake, "END")))
         )
       })
     const stopRequested = Effect.gen(function*() {

@@ -103,6 +103,23 @@ describe("STOP", () => {
       expect(row).toMatchObject({ state: "STOP", output: null, error: "ERROR:  canceling statement due to user request" })
     }), { default_timeout: "60000" }))
 
+  it.live("STOP reaches a task that a reused session went on with (count)", () =>
+    scheduled(Effect.gen(function*() {
+      const [first, second, third] = yield* insertTasks(database, [
+        { input: "SELECT pg_sleep(0.3)", group: "chained stop", max: 1, count: 3 },
+        { input: "SELECT pg_sleep(30) /* chained */", group: "chained stop", max: 1, count: 3 },
+        { input: "SELECT 'after'", group: "chained stop", max: 1, count: 3 }
+      ])
+      const running = yield* awaitWork(second!)
+      const [done] = yield* awaitTasks(database, [first!])
+      expect(running.pid).toBe(done!.pid)
+      yield* sql(database, "UPDATE task SET state = 'STOP' WHERE id = $1", [second])
+      yield* Effect.promise(() => eventually(() => activeQueries("/* chained */"), (n) => n === 0, 5))
+      const [stopped, after] = yield* awaitTasks(database, [second!, third!])
+      expect(stopped).toMatchObject({ state: "STOP", error: "ERROR:  canceling statement due to user request" })
+      expect(after).toMatchObject({ state: "DONE", output: "after" })
+    }), { default_timeout: "60000" }))
+
   it.live("a planned task set to STOP never starts", () =>
     scheduled(Effect.gen(function*() {
       const [id] = yield* insertTasks(database, [{
