@@ -42,7 +42,8 @@ const isFree = (port: number) =>
     server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
   })
 
-const anyFreePort = () =>
+/** A port on 127.0.0.1 that was free a moment ago. */
+export const freePort = () =>
   new Promise<number>((resolve, reject) => {
     const server = net.createServer()
     server.once("error", reject)
@@ -85,7 +86,7 @@ const reachableByPostgres = (dataDir: string) => {
 }
 
 const choosePort = async (wanted: number | undefined) =>
-  wanted !== undefined && wanted > 0 && await isFree(wanted) ? wanted : anyFreePort()
+  wanted !== undefined && wanted > 0 && await isFree(wanted) ? wanted : freePort()
 
 /** Starts the server, initialising the data folder on first use; stopped when the scope closes. */
 export const start = (options: EmbeddedOptions) => {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import * as net from "node:net"
+import { freePort } from "../src/Embedded.js"
 import { Scheduler } from "../src/Scheduler.js"
 import {
   awaitTasks, createDatabase, dropDatabase, eventually, insertTasks, query, scheduler, withScheduler
@@ -16,15 +16,6 @@ afterAll(async () => {
   await dropDatabase(database)
   await dropDatabase(other)
 })
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const server = net.createServer()
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
 
 const get = (port: number, path: string) =>
   Effect.promise(async () => {

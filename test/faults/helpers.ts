@@ -5,6 +5,7 @@
  */
 import { Effect, Logger } from "effect"
 import * as net from "node:net"
+import { freePort } from "../../src/Embedded.js"
 import pg from "pg"
 import { Scheduler } from "../../src/Scheduler.js"
 
@@ -106,12 +107,4 @@ export const hangingServer = Effect.acquireRelease(
 )
 
 /** A port on 127.0.0.1 where nothing listens (it was free a moment ago). */
-export const closedPort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
+export const closedPort = freePort
