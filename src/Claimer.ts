@@ -14,7 +14,8 @@ import { Effect } from "effect"
 import Pg from "pg"
 import type { TaskTable } from "./Bootstrap.js"
 import type { Session } from "./internal/session.js"
-import type { ClaimedTask, Outcome } from "./Task.js"
+import type { Claimed, Finish } from "./Store.js"
+import type { ClaimedTask } from "./Task.js"
 
 /** First key of the lock each backend holds on its own pid while it lives. */
 export const liveLock = 1885823860
@@ -140,13 +141,12 @@ const claimScript = (session: Session, table: TaskTable, now: number, args: Read
               EXISTS (SELECT FROM ${table.name} WHERE state = 'PLAN' AND plan <= ${at}) AS due`
     ].join(";\n"))
     const [after] = results[1]!
-    return {
+    const claimed: Claimed = {
       tasks: inClaimOrder(results[0] as unknown as ReadonlyArray<ClaimedTask>),
-      /** The earliest plan still to come. */
       nextPlan: (after?.plan ?? null) as number | null,
-      /** Whether due tasks were left, held back by their groups' limits. */
       dueLeft: after?.due === true
     }
+    return claimed
   }).pipe(
     Effect.tapErrorCause(() => session.query("ROLLBACK").pipe(Effect.ignore)),
     Effect.retry({ while: (error) => error.code === "40001", times: 3 })
@@ -251,18 +251,6 @@ export const startRemote = (worker: Session, table: TaskTable, task: ClaimedTask
     (rows) => rows.length === 1
   )
 
-/** How one run ended, ready to be written. */
-export interface Finish {
-  readonly task: ClaimedTask
-  /** The backend that held the row while the task ran. */
-  readonly pid: number
-  readonly outcome: Outcome
-  /** When it ended, ms. */
-  readonly stop: number
-  /** The next run's plan, ms, for a repeating task. */
-  readonly next: number | null
-}
-
 /**
  * Writes how runs ended, many in one statement: state, `stop`, `output` and
  * `error`, and for a repeating task its next run with every other column
@@ -329,6 +317,16 @@ export const reset = (session: Session, table: TaskTable) =>
        )
        RETURNING id::text`,
       [liveLock]
+    ),
+    (rows) => rows.map((row) => row.id)
+  )
+
+/** Which of these tasks a user has set to `STOP`. */
+export const stopped = (session: Session, table: TaskTable, ids: ReadonlyArray<string>) =>
+  Effect.map(
+    session.query<{ id: string }>(
+      `SELECT id::text FROM ${table.name} WHERE id = ANY($1::bigint[]) AND state = 'STOP'`,
+      [ids]
     ),
     (rows) => rows.map((row) => row.id)
   )

@@ -3,30 +3,20 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Effect, Exit, Metric, Option, Pool, type Scope } from "effect"
-import type { TaskTable } from "./Bootstrap.js"
-import * as Claimer from "./Claimer.js"
+import { Cause, Deferred, Effect, Metric, Option, type Scope } from "effect"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
-import * as Remotes from "./internal/remotes.js"
-import * as Session from "./internal/session.js"
-import { copiesWithClient, split } from "./internal/statements.js"
 import * as Metrics from "./Metrics.js"
-import { errors, formatError, formatOutput } from "./Output.js"
+import { errors } from "./Output.js"
+import type { Finish, Ran, TargetStore, TaskSession } from "./Store.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
 /** What a running task needs from its target's worker. */
 export interface WorkerLink {
-  readonly table: TaskTable
+  readonly store: TargetStore
   readonly clock: ClockService
   /** Writes how a run ended; batched with other runs' ends. */
-  readonly finish: (finish: Claimer.Finish) => Effect.Effect<void, DatabaseError>
-  /** Runs bookkeeping on the worker's own session, one piece at a time. */
-  readonly book: <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) => Effect.Effect<A, E>
-  /** Sessions as the target's role, holding their liveness lock. */
-  readonly sessions: Pool.Pool<Session.Session, DatabaseError>
-  /** Sessions to remote databases, reused between tasks. */
-  readonly remotes: Remotes.Remotes
+  readonly finish: (finish: Finish) => Effect.Effect<void, DatabaseError>
   /**
    * The signal a user's STOP of the task completes, registered with the
    * worker for as long as the scope lives, so that the worker's STOP checks
@@ -49,14 +39,14 @@ export const execute = (link: WorkerLink, first: ClaimedTask) => {
   return Effect.gen(function*() {
     if (first.remote !== null) return yield* Effect.scoped(runRemote(link, first))
     const chain = { born: yield* link.clock.now, ran: 0 }
-    const session = yield* Pool.get(link.sessions)
+    const session = yield* link.store.session
     for (;;) {
       chain.ran += 1
       const { reusable, next } = yield* Effect.scoped(runLocal(link, session, current, chain))
       if (next === undefined) {
         // A broken session is thrown away; so is one that ran under `count`
         // or `live`, which end with it: the group's next task gets a new one.
-        if (!reusable || first.count > 0 || first.live > 0) yield* Pool.invalidate(link.sessions, session)
+        if (!reusable || first.count > 0 || first.live > 0) yield* link.store.discard(session)
         return
       }
       current = next
@@ -81,9 +71,6 @@ interface Chain {
   readonly ran: number
 }
 
-/** Sessions that have run a task, and so are reset before the next one. */
-const used = new WeakSet<Session.Session>()
-
 /** Whether a worker session may go on with another task after `task`. */
 const goesOn = (task: ClaimedTask, chain: Chain, now: number) =>
   (task.count > 0 || task.live > 0)
@@ -98,18 +85,17 @@ const goesOn = (task: ClaimedTask, chain: Chain, now: number) =>
  */
 const runLocal = (
   link: WorkerLink,
-  session: Session.Session,
+  session: TaskSession,
   task: ClaimedTask,
   chain: Chain
 ): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError, Scope.Scope> =>
   Effect.gen(function*() {
     const stop = yield* link.watch(task.id)
     const startedAt = yield* link.clock.now
-    const started = yield* Claimer.start(session, link.table, task, startedAt, used.has(session))
-    used.add(session)
+    const started = yield* session.start(task, startedAt)
     if (!started) return { reusable: true }
     yield* countStart(link, task, startedAt)
-    const { outcome, clean, lost } = yield* withLimits(task, stop, runInput(session, task)).pipe(
+    const { outcome, clean, lost } = yield* withLimits(task, stop, session.run(task)).pipe(
       Effect.onInterrupt(() => putBack(link, task))
     )
     if (lost) {
@@ -120,7 +106,7 @@ const runLocal = (
     const reusable = clean && session.isHealthy()
     const stopped = yield* record(link, task, session.pid, outcome, startedAt)
     const next = reusable && goesOn(task, chain, stopped)
-      ? yield* link.book((worker) => Claimer.claimNext(worker, link.table, stopped, task))
+      ? yield* link.store.claimNext(stopped, task)
       : undefined
     return { reusable, next }
   })
@@ -135,26 +121,10 @@ const runRemote = (link: WorkerLink, task: ClaimedTask) =>
   Effect.gen(function*() {
     const stop = yield* link.watch(task.id)
     const now = yield* link.clock.now
-    const pid = yield* link.book((worker) =>
-      Effect.map(Claimer.startRemote(worker, link.table, task, now), (started) => started ? worker.pid : undefined)
-    )
+    const pid = yield* link.store.startRemote(task, now)
     if (pid === undefined) return
     yield* countStart(link, task, now)
-    const run = Effect.gen(function*() {
-      const lease = yield* link.remotes.lease(task.remote!)
-      const { session } = lease
-      yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
-        Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason }), undefined, true))
-      )
-      const ran = yield* runInput(session, task)
-      lease.reuse = ran.clean && session.isHealthy()
-        && Exit.isSuccess(yield* Effect.exit(session.query("DISCARD ALL")))
-      return ran
-    }).pipe(
-      Effect.catchAll((failure) => Effect.succeed({ outcome: failed(failure.error), clean: false })),
-      Effect.scoped
-    )
-    const { outcome, lost } = yield* withLimits(task, stop, run).pipe(
+    const { outcome, lost } = yield* withLimits(task, stop, link.store.runRemote(task)).pipe(
       Effect.onInterrupt(() => putBack(link, task))
     )
     if (lost) {
@@ -166,43 +136,9 @@ const runRemote = (link: WorkerLink, task: ClaimedTask) =>
 
 /** Gives a task back to `PLAN`, for this or another instance to run again. */
 const putBack = (link: WorkerLink, task: ClaimedTask) =>
-  link.book((worker) => Claimer.release(worker, link.table, [task.id])).pipe(Effect.ignore)
+  link.store.release([task.id]).pipe(Effect.ignore)
 
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
-
-interface Ran {
-  readonly outcome: Outcome
-  /** False when the query was cut short: such a session is not reused. */
-  readonly clean: boolean
-  /**
-   * The session was lost under the task (terminated, server restarted): the
-   * task goes back to `PLAN` and runs again, rather than failing for a
-   * reason that is not its own.
-   */
-  readonly lost?: boolean
-}
-
-/**
- * Runs the task's SQL, then ends whatever transaction it left open:
- * committed after success, rolled back after failure.
- */
-const runInput = (session: Session.Session, task: ClaimedTask): Effect.Effect<Ran> =>
-  Effect.gen(function*() {
-    if (split(task.input).some(copiesWithClient)) return yield* Effect.fail(Session.copyFailure)
-    const results = yield* session.run(task.input)
-    if (session.transactionStatus() !== "I") yield* session.run("COMMIT")
-    return results
-  }).pipe(
-    Effect.map((results): Outcome => ({ state: "DONE", output: formatOutput(results), error: null })),
-    Effect.map((outcome): Ran => ({ outcome, clean: true })),
-    Effect.catchAll((failure): Effect.Effect<Ran> => {
-      const outcome = failed(failure.error)
-      if (failure.lost) return Effect.succeed({ outcome, clean: false, lost: true })
-      // The server reports the transaction's state only after the error, so
-      // whatever the SQL left open is rolled back unasked.
-      return session.run("ROLLBACK").pipe(Effect.ignore, Effect.as({ outcome, clean: true }))
-    })
-  )
 
 /**
  * Bounds a run by the task's timeout and by a user's STOP. Either one
@@ -221,7 +157,7 @@ const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>
 
 /** A metric tagged with the task's target and group. */
 const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>, link: WorkerLink, task: ClaimedTask) =>
-  metric.pipe(Metric.tagged("target", link.table.label), Metric.tagged("group", task.group))
+  metric.pipe(Metric.tagged("target", link.store.table.label), Metric.tagged("group", task.group))
 
 const countStart = (link: WorkerLink, task: ClaimedTask, start: number) =>
   Effect.zipRight(

@@ -10,6 +10,7 @@ import { fromEnvironment, PgTaskConfig, type RawSettings, settingNames, type Sou
 import { Database, type DatabaseOptions } from "./Database.js"
 import { DatabaseError } from "./Errors.js"
 import * as Monitor from "./Monitor.js"
+import * as PgStore from "./PgStore.js"
 import { Scheduler, type SchedulerOptions } from "./Scheduler.js"
 
 export interface PgTaskOptions extends DatabaseOptions, SchedulerOptions {
@@ -54,6 +55,7 @@ export const configLayer = (options: Pick<PgTaskOptions, "settings" | "env"> = {
 /** The whole scheduler against a server, following the server's clock. */
 export const layer = (options: PgTaskOptions = {}) => {
   const scheduler = Scheduler.layer(options).pipe(
+    Layer.provideMerge(PgStore.layer()),
     Layer.provideMerge(configLayer(options)),
     Layer.provideMerge(options.clock === "effect" ? Clock.layerTest : Clock.layerServer()),
     Layer.provideMerge(Database.layer(options))

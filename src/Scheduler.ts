@@ -5,19 +5,16 @@
  * the others carry on.
  */
 import {
-  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Pool, Queue, Ref, Stream,
+  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Queue, Ref, Stream,
   SubscriptionRef
 } from "effect"
-import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
-import * as Claimer from "./Claimer.js"
+import type { TaskTable } from "./Bootstrap.js"
 import { Clock } from "./Clock.js"
 import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
-import { Database } from "./Database.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Executor from "./Executor.js"
-import * as Remotes from "./internal/remotes.js"
-import * as Session from "./internal/session.js"
 import * as Metrics from "./Metrics.js"
+import { type Finish, Store, type TargetStore, type Wake } from "./Store.js"
 import type { ClaimedTask } from "./Task.js"
 
 export interface SchedulerOptions {
@@ -30,9 +27,6 @@ export interface SchedulerOptions {
    */
   readonly once?: boolean | undefined
 }
-
-/** What wakes a worker before its poll interval ends. */
-type Wake = "PLAN" | "STOP" | "END"
 
 export interface SchedulerService {
   /** Completes once every target's worker has set its table up. */
@@ -134,72 +128,24 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
   })
 
 /**
- * Sets the target up: its database and role, the worker's own session
- * (holding its liveness lock, listening to the table's trigger) and the
- * table. The worker's writes (claims, ends of runs, resets) need not wait
- * for the disk: a crash that loses the last of them re-runs those tasks,
- * which at-least-once allows. Tasks' own work keeps the server's setting.
+ * What running tasks share with their worker: the store, and a writer that
+ * sends the ends of runs together: whatever piled up while the last write
+ * was on its way goes out in the next.
  */
-const setUp = (target: Target) =>
+const makeLink = (store: TargetStore) =>
   Effect.gen(function*() {
-    const database = yield* Database
-    yield* ensureDatabase(database.admin, target)
-    const config = database.clientConfig(target.data, target.user)
-    const worker = yield* Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
-    yield* Claimer.holdLiveLock(worker)
-    const table = yield* ensureTable(worker, target)
-    yield* Claimer.prepareClaims(worker, table)
-    const wake = yield* Queue.dropping<Wake>(64)
-    worker.onNotification((message) => {
-      if (message.channel !== table.channel) return
-      Queue.unsafeOffer(wake, message.payload === "STOP" ? "STOP" : "PLAN")
-    })
-    yield* worker.query(`LISTEN ${quote(table.channel)}`)
-    // A task's backend notices within a second when its client is gone
-    // (PostgreSQL 14 and later), so the tasks of a killed instance are
-    // cancelled and can be reset instead of running on unseen.
-    const options = database.serverVersion >= 140000 ? "-c client_connection_check_interval=1000" : undefined
-    // Idle sessions close after half an hour. The pool checks them on that
-    // period, so a shorter one would also wake it more often for nothing.
-    const sessions = yield* Pool.makeWithTTL({
-      acquire: Effect.tap(Session.open({ ...config, options }, "connect to the target"), Claimer.holdLiveLock),
-      min: 0,
-      max: target.run,
-      timeToLive: Duration.minutes(30),
-      timeToLiveStrategy: "usage"
-    })
-    return { worker, table, wake, sessions }
-  })
-
-/**
- * What running tasks share with their worker: its session, one piece of
- * bookkeeping at a time, and a writer that sends the ends of runs together:
- * whatever piled up while the last write was on its way goes out in the next.
- */
-const makeLink = (
-  worker: Session.Session,
-  table: TaskTable,
-  sessions: Executor.WorkerLink["sessions"]
-) =>
-  Effect.gen(function*() {
-    const lock = yield* Effect.makeSemaphore(1)
-    const book: Executor.WorkerLink["book"] = (work) => lock.withPermits(1)(work(worker))
-    type Pending = readonly [Claimer.Finish, Deferred.Deferred<void, DatabaseError>]
+    type Pending = readonly [Finish, Deferred.Deferred<void, DatabaseError>]
     const finishes = yield* Queue.unbounded<Pending>()
     yield* Effect.gen(function*() {
       const batch = [...yield* Queue.takeBetween(finishes, 1, 1000)]
-      const ends = batch.map(([finish]) => finish)
-      const written = yield* Effect.exit(book((session) => Effect.asVoid(Claimer.finish(session, table, ends))))
+      const written = yield* Effect.exit(store.finish(batch.map(([finish]) => finish)))
       for (const [, done] of batch) yield* Deferred.done(done, written)
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, Executor.StopSignal>()
     const link: Executor.WorkerLink = {
-      table,
+      store,
       clock: yield* Clock,
-      sessions,
-      remotes: yield* Remotes.make,
-      book,
       watch: (id) =>
         Effect.acquireRelease(
           Effect.tap(Deferred.make<void>(), (stop) => Effect.sync(() => stops.set(id, stop))),
@@ -223,10 +169,13 @@ const work = (
 ) =>
   Effect.gen(function*() {
     const clock = yield* Clock
-    const { worker, table, wake, sessions } = yield* setUp(target)
-    const { link, stops } = yield* makeLink(worker, table, sessions)
+    const store = yield* Effect.flatMap(Store, (stores) => stores.open(target))
+    const { table, wakes } = store
+    // Ends of tasks, which free a session and maybe a group's slot.
+    const ends = yield* Queue.dropping<Wake>(64)
+    const { link, stops } = yield* makeLink(store)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
-    const reset = Effect.flatMap(link.book((s) => Claimer.reset(s, table)), (ids) =>
+    const reset = Effect.flatMap(store.reset, (ids) =>
       ids.length === 0
         ? Effect.void
         : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(
@@ -260,18 +209,12 @@ const work = (
         yield* FiberMap.run(
           fibers,
           task.id,
-          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(wake, "END")))
+          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(ends, "END")))
         )
       })
     const stopRequested = Effect.gen(function*() {
       if (stops.size === 0) return
-      const rows = yield* link.book((s) =>
-        s.query<{ id: string }>(
-          `SELECT id::text FROM ${table.name} WHERE id = ANY($1::bigint[]) AND state = 'STOP'`,
-          [[...stops.keys()]]
-        )
-      )
-      for (const { id } of rows) {
+      for (const id of yield* store.stopped([...stops.keys()])) {
         const stop = stops.get(id)
         if (stop !== undefined) yield* Deferred.succeed(stop, undefined)
       }
@@ -292,12 +235,12 @@ const work = (
       const busy = yield* SubscriptionRef.get(running)
       if (stopping && waiting.length > 0) {
         const ids = waiting.splice(0).map((task) => task.id)
-        yield* link.book((s) => Claimer.release(s, table, ids))
+        yield* store.release(ids)
       }
       const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
       if (!stopping && due && waiting.length < target.run) {
         const want = 2 * target.run - busy - waiting.length
-        const claimed = yield* link.book((s) => Claimer.claim(s, table, now, want, groups))
+        const claimed = yield* store.claim(now, want, groups)
         waiting.push(...claimed.tasks)
         nextPlan = claimed.nextPlan
         mayFindMore = claimed.tasks.length === want
@@ -312,11 +255,12 @@ const work = (
       if (checkStops) yield* stopRequested
       const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
       const woken = yield* Effect.raceAll([
-        Queue.take(wake),
+        Queue.take(wakes),
+        Queue.take(ends),
         Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
         stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
       ])
-      const reasons = [woken, ...(yield* Queue.takeAll(wake))]
+      const reasons = [woken, ...(yield* Queue.takeAll(wakes)), ...(yield* Queue.takeAll(ends))]
       // A notification or the poll interval may mean new due tasks; a task
       // that ended frees a session, and a group slot for due tasks that their
       // group held back. Running tasks are checked for STOP when a

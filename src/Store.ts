@@ -1,0 +1,107 @@
+/**
+ * Where a target's tasks live, as the scheduler sees it: claim what is due,
+ * start it on a session, write back how it ended, give back what is held,
+ * put back what a dead worker held. The scheduler's fibers run unchanged
+ * over any store: the PostgreSQL one in production (`PgStore`), an
+ * in-memory one for simulations (`MemoryStore`).
+ */
+import { Context, type Effect, type Queue, type Scope } from "effect"
+import type { TaskTable } from "./Bootstrap.js"
+import type { Target } from "./Config.js"
+import type { DatabaseError, TargetError } from "./Errors.js"
+import type { ClaimedTask, Outcome } from "./Task.js"
+
+/** What wakes a worker before its poll interval ends. */
+export type Wake = "PLAN" | "STOP" | "END"
+
+/** What one claim found. */
+export interface Claimed {
+  /** The tasks claimed, in the order they start. */
+  readonly tasks: ReadonlyArray<ClaimedTask>
+  /** The earliest plan still to come, ms; null when none. */
+  readonly nextPlan: number | null
+  /** Whether due tasks were left, held back by their groups' limits. */
+  readonly dueLeft: boolean
+}
+
+/** How one run ended, ready to be written. */
+export interface Finish {
+  readonly task: ClaimedTask
+  /** The backend that held the row while the task ran. */
+  readonly pid: number
+  readonly outcome: Outcome
+  /** When it ended, ms. */
+  readonly stop: number
+  /** The next run's plan, ms, for a repeating task. */
+  readonly next: number | null
+}
+
+/** How running a task's input went. */
+export interface Ran {
+  readonly outcome: Outcome
+  /** False when the run was cut short: such a session is not reused. */
+  readonly clean: boolean
+  /**
+   * The session was lost under the task (terminated, server restarted): the
+   * task goes back to `PLAN` and runs again, rather than failing for a
+   * reason that is not its own.
+   */
+  readonly lost?: boolean
+}
+
+/** A session that runs tasks, one at a time, as the target's role. */
+export interface TaskSession {
+  /** The backend that holds the task's row while it runs. */
+  readonly pid: number
+  /**
+   * Marks a claimed task running on this session, first resetting whatever
+   * an earlier task left in it. False when the claim was lost meanwhile.
+   */
+  readonly start: (task: ClaimedTask, now: number) => Effect.Effect<boolean, DatabaseError>
+  /** Runs the task's input to its end; interrupting it cancels the run. */
+  readonly run: (task: ClaimedTask) => Effect.Effect<Ran>
+  /** False once the session is broken and must not run another task. */
+  readonly isHealthy: () => boolean
+}
+
+/** One target's table, open for a worker. */
+export interface TargetStore {
+  readonly table: TaskTable
+  /** Wake-ups from users' changes to the table: new or re-planned tasks, STOPs. */
+  readonly wakes: Queue.Dequeue<Wake>
+  /**
+   * Claims up to `limit` due tasks in order of `max` descending, `plan`,
+   * `id`, within group limits counted over the whole table; the groups this
+   * instance runs count as at least `inProcess` says.
+   */
+  readonly claim: (
+    now: number,
+    limit: number,
+    inProcess: ReadonlyMap<string, number>
+  ) => Effect.Effect<Claimed, DatabaseError>
+  /** Claims the task a session goes on with after `after`: same group and remote, `max` at least as large. */
+  readonly claimNext: (now: number, after: ClaimedTask) => Effect.Effect<ClaimedTask | undefined, DatabaseError>
+  /** Writes how runs ended, with the repeats and deletes that follow. */
+  readonly finish: (finishes: ReadonlyArray<Finish>) => Effect.Effect<void, DatabaseError>
+  /** Puts tasks this worker holds back to `PLAN`. */
+  readonly release: (ids: ReadonlyArray<string>) => Effect.Effect<void, DatabaseError>
+  /** Puts back to `PLAN` the tasks of workers that are gone; returns their ids. */
+  readonly reset: Effect.Effect<ReadonlyArray<string>, DatabaseError>
+  /** Which of these tasks a user has set to `STOP`. */
+  readonly stopped: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
+  /** A session for a local task, back to the store's pool when the scope closes. */
+  readonly session: Effect.Effect<TaskSession, DatabaseError, Scope.Scope>
+  /** Throws a session away instead of keeping it for the next task. */
+  readonly discard: (session: TaskSession) => Effect.Effect<void, never, Scope.Scope>
+  /** Marks a remote task running, held by the worker; the holder, or undefined when the claim was lost. */
+  readonly startRemote: (task: ClaimedTask, now: number) => Effect.Effect<number | undefined, DatabaseError>
+  /** Runs a remote task's input on its remote; interrupting it cancels the run. */
+  readonly runRemote: (task: ClaimedTask) => Effect.Effect<Ran>
+}
+
+export interface StoreService {
+  /** Sets a target up and opens its table for the scope's life. */
+  readonly open: (target: Target) => Effect.Effect<TargetStore, DatabaseError | TargetError, Scope.Scope>
+}
+
+export class Store extends Context.Tag("pg-task/Store")<Store, StoreService>() {}
