@@ -130,15 +130,18 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
 /**
  * What running tasks share with their worker: the store, and a writer that
  * sends the ends of runs together: whatever piled up while the last write
- * was on its way goes out in the next.
+ * was on its way goes out in the next. A write that planned repeats wakes
+ * the worker through `wake`, so it need not wait for the table's trigger.
  */
-const makeLink = (store: TargetStore) =>
+const makeLink = (store: TargetStore, wake: Queue.Enqueue<Wake>) =>
   Effect.gen(function*() {
     type Pending = readonly [Finish, Deferred.Deferred<void, DatabaseError>]
     const finishes = yield* Queue.unbounded<Pending>()
     yield* Effect.gen(function*() {
       const batch = [...yield* Queue.takeBetween(finishes, 1, 1000)]
-      const written = yield* Effect.exit(store.finish(batch.map(([finish]) => finish)))
+      const ends = batch.map(([finish]) => finish)
+      const written = yield* Effect.exit(store.finish(ends))
+      if (Exit.isSuccess(written) && ends.some((end) => end.next !== null)) yield* Queue.offer(wake, "PLAN")
       for (const [, done] of batch) yield* Deferred.done(done, written)
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
@@ -171,9 +174,9 @@ const work = (
     const clock = yield* Clock
     const store = yield* Effect.flatMap(Store, (stores) => stores.open(target))
     const { table, wakes } = store
-    // Ends of tasks, which free a session and maybe a group's slot.
+    // The worker's own wake-ups: a task ended, a repeat was planned.
     const ends = yield* Queue.dropping<Wake>(64)
-    const { link, stops } = yield* makeLink(store)
+    const { link, stops } = yield* makeLink(store, ends)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     const reset = Effect.flatMap(store.reset, (ids) =>
       ids.length === 0
@@ -229,6 +232,7 @@ const work = (
     let dueLeft = false
     let checkStops = true
     let checks = 0
+    let timer: { readonly at: number; readonly fiber: Fiber.RuntimeFiber<void> } | undefined
     while (true) {
       const now = yield* clock.now
       const stopping = yield* Deferred.isDone(shutdown)
@@ -253,13 +257,20 @@ const work = (
       const idle = waiting.length === 0 && (yield* SubscriptionRef.get(running)) === 0
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
+      // A timer is kept for as long as its deadline holds, rather than made
+      // anew on every wake-up.
       const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
+      if (timer?.at !== deadline) {
+        if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
+        timer = { at: deadline, fiber: yield* Effect.forkScoped(clock.sleepUntil(deadline)) }
+      }
       const woken = yield* Effect.raceAll([
         Queue.take(wakes),
         Queue.take(ends),
-        Effect.as(clock.sleepUntil(deadline), "TIMER" as const),
+        Effect.as(Fiber.join(timer.fiber), "TIMER" as const),
         stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
       ])
+      if (woken === "TIMER") timer = undefined
       const reasons = [woken, ...(yield* Queue.takeAll(wakes)), ...(yield* Queue.takeAll(ends))]
       // A notification or the poll interval may mean new due tasks; a task
       // that ended frees a session, and a group slot for due tasks that their

@@ -1,0 +1,332 @@
+/**
+ * A simulated scheduler: the real scheduler's fibers over a task store,
+ * on `TestClock`, with task inputs written as scripts (`Script`) that take
+ * virtual time. Plan tasks, advance the clock, read back the rows: days of
+ * schedule are checked in milliseconds.
+ *
+ * `layer` keeps the table in memory. `layerPostgres` runs the same
+ * simulation over a real PostgreSQL table, with the production claim,
+ * finish and reset statements: what differs between the two is the store
+ * alone, so their rows can be compared.
+ *
+ * Advancing the clock goes from one timer to the next, and before each
+ * step waits until the scheduler has nothing on its way to the store, so
+ * that every decision is taken at the virtual instant it belongs to.
+ */
+import { Context, Duration, Effect, Layer, Queue, type Scope } from "effect"
+import * as FiberScheduler from "effect/Scheduler"
+import type { TaskTable } from "./Bootstrap.js"
+import { Clock } from "./Clock.js"
+import { PgTaskConfig, type RawSettings, type Target } from "./Config.js"
+import { Database, type DatabaseOptions } from "./Database.js"
+import { type ConfigError, DatabaseError, TargetError } from "./Errors.js"
+import * as Session from "./internal/session.js"
+import { VirtualClock } from "./internal/virtualClock.js"
+import * as MemoryStore from "./MemoryStore.js"
+import type { TaskRow } from "./MemoryStore.js"
+import * as PgStore from "./PgStore.js"
+import { Scheduler, type SchedulerOptions } from "./Scheduler.js"
+import * as Script from "./Script.js"
+import { Store, type TargetStore, type Wake } from "./Store.js"
+import { checkSpec, insertStatement, type TaskSpec, type TaskSpecError } from "./Tasks.js"
+
+export type { TaskRow } from "./MemoryStore.js"
+
+export interface SimulationService {
+  /**
+   * Plans a task in the first target's table; its input is a script. A
+   * `plan` given as a duration counts from the simulation's clock.
+   */
+  readonly plan: (spec: TaskSpec) => Effect.Effect<string, TaskSpecError | DatabaseError>
+  /** Sets a task that has not ended to `STOP`, as a user would; false when it had ended. */
+  readonly stop: (id: string) => Effect.Effect<boolean, DatabaseError>
+  /** Every row of the first target's table, in `id` order. */
+  readonly rows: Effect.Effect<ReadonlyArray<TaskRow>, DatabaseError>
+  /** The simulation's clock, in milliseconds since the epoch. */
+  readonly now: Effect.Effect<number>
+  /**
+   * Moves the clock forward by `duration`, timer by timer, letting the
+   * scheduler act at each instant before going on.
+   */
+  readonly advance: (duration: Duration.DurationInput) => Effect.Effect<void>
+  /** Waits until the scheduler has done all it can at the current instant. */
+  readonly settle: Effect.Effect<void>
+}
+
+export interface SimulationOptions extends SchedulerOptions {
+  /**
+   * Settings, as the flags give them. The poll interval (`default_timeout`)
+   * is one day unless set: a simulation loses no wake-up, so polling would
+   * only add steps.
+   */
+  readonly settings?: RawSettings | undefined
+  /** Where the simulation's clock starts; the epoch (1970-01-01T00:00:00Z) by default. */
+  readonly start?: Date | undefined
+}
+
+const startOf = (options: SimulationOptions) => options.start?.getTime() ?? 0
+
+/** The scheduler's clock and Effect's (task timeouts, script sleeps), both virtual. */
+const clockLayer = (virtual: VirtualClock) =>
+  Layer.merge(
+    Layer.succeed(Clock, { now: virtual.currentTimeMillis, sleepUntil: (at) => virtual.sleepUntil(at) }),
+    Layer.setClock(virtual)
+  )
+
+const settingsLayer = (options: SimulationOptions) =>
+  PgTaskConfig.layerFrom([["flags", { default_timeout: String(Duration.toMillis("1 day")), ...options.settings }]])
+
+/**
+ * What the simulation tracks of the store: how many calls are on their way,
+ * and the wake-ups the simulation itself sends.
+ */
+interface Watched {
+  inFlight: number
+  /** Calls made so far. */
+  calls: number
+  readonly opened: Array<{ readonly target: Target; readonly table: TaskTable; readonly wakes: Queue.Queue<Wake> }>
+}
+
+/** Counts every call to the store while it is on its way; its wake-ups are the simulation's. */
+const watchStore = (watched: Watched, ownWakes: boolean) =>
+  Layer.effect(
+    Store,
+    Effect.map(Store, (inner) =>
+      Store.of({
+        open: (target) =>
+          Effect.gen(function*() {
+            const store = yield* inner.open(target)
+            const wakes = ownWakes ? yield* Queue.dropping<Wake>(64) : (store.wakes as Queue.Queue<Wake>)
+            watched.opened.push({ target, table: store.table, wakes })
+            return watch(watched, { ...store, wakes })
+          })
+      }))
+  )
+
+const watch = (watched: Watched, store: TargetStore): TargetStore => {
+  const counted = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => {
+        watched.inFlight++
+        watched.calls++
+      }),
+      () => effect,
+      () => Effect.sync(() => watched.inFlight--)
+    )
+  return {
+    ...store,
+    claim: (now, limit, inProcess) => counted(store.claim(now, limit, inProcess)),
+    claimNext: (now, after) => counted(store.claimNext(now, after)),
+    finish: (finishes) => counted(store.finish(finishes)),
+    release: (ids) => counted(store.release(ids)),
+    reset: counted(store.reset),
+    stopped: (ids) => counted(store.stopped(ids)),
+    session: Effect.map(counted(store.session), (session) => ({
+      ...session,
+      start: (task, now) => counted(session.start(task, now))
+    })),
+    discard: (session) => counted(store.discard(session)),
+    startRemote: (task, now) => counted(store.startRemote(task, now))
+  }
+}
+
+/**
+ * Lets other fibers, and the sockets under them, run for a moment of real
+ * time; with 0, until the event loop has run everything already queued.
+ */
+const pause = (millis: number) =>
+  Effect.async<void>((resume) => {
+    if (millis === 0) {
+      const immediate = setImmediate(() => resume(Effect.void))
+      return Effect.sync(() => clearImmediate(immediate))
+    }
+    const timer = setTimeout(() => resume(Effect.void), millis)
+    return Effect.sync(() => clearTimeout(timer))
+  })
+
+/** How a simulation reads and writes its table, in memory or in PostgreSQL. */
+interface Rows {
+  readonly insert: (spec: TaskSpec, now: number) => Effect.Effect<string, TaskSpecError | DatabaseError>
+  readonly stop: (id: string) => Effect.Effect<boolean, DatabaseError>
+  readonly all: Effect.Effect<ReadonlyArray<TaskRow>, DatabaseError>
+}
+
+/**
+ * `quiet`: the real time, ms, to let pass before looking whether the
+ * scheduler is idle; `wakes`: whether the simulation wakes the workers
+ * after its own changes, for a store that does not.
+ */
+const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, quiet: number, wakes: boolean) =>
+  Effect.gen(function*() {
+    const clock = yield* Clock
+    const wake = (reason: Wake) =>
+      wakes
+        ? Effect.forEach(watched.opened, (opened) => Queue.offer(opened.wakes, reason), { discard: true })
+        : Effect.void
+    // The scheduler is idle when no store call was on its way or made
+    // across two pauses in a row: every fiber woken meanwhile has run
+    // until it waits for the clock or for a wake-up.
+    const settle = Effect.gen(function*() {
+      for (let idle = 0, calls = -1; idle < 2;) {
+        yield* pause(quiet)
+        idle = watched.inFlight === 0 && watched.calls === calls ? idle + 1 : 0
+        calls = watched.calls
+      }
+    })
+    // Timer by timer: at each instant the scheduler does all it can before
+    // the clock moves on.
+    const advance = (duration: Duration.DurationInput) =>
+      Effect.gen(function*() {
+        const end = virtual.unsafeCurrentTimeMillis() + Duration.toMillis(duration)
+        yield* settle
+        for (let next = virtual.next(); next !== undefined && next <= end; next = virtual.next()) {
+          virtual.moveTo(next)
+          yield* settle
+        }
+        virtual.moveTo(end)
+        yield* settle
+      })
+    return Simulation.of({
+      plan: (spec) =>
+        Effect.gen(function*() {
+          const id = yield* rows.insert(spec, yield* clock.now)
+          yield* wake("PLAN")
+          return id
+        }),
+      stop: (id) => Effect.tap(rows.stop(id), (stopped) => stopped ? wake("STOP") : Effect.void),
+      rows: rows.all,
+      now: clock.now,
+      advance,
+      settle
+    })
+  })
+
+/** The plan a spec gives, in ms: a duration counts from `now`, none means `now`. */
+const planOf = (plan: TaskSpec["plan"], now: number) =>
+  plan === undefined ? now : plan instanceof Date ? plan.getTime() : now + Duration.toMillis(plan)
+
+const memoryRows: Effect.Effect<Rows, never, MemoryStore.MemoryTables | PgTaskConfig> =
+  Effect.gen(function*() {
+    const tables = yield* MemoryStore.MemoryTables
+    const { targets } = yield* PgTaskConfig
+    const table = yield* tables.of(targets[0]!)
+    const millis = (duration: Duration.DurationInput | undefined) =>
+      duration === undefined ? undefined : Duration.toMillis(duration)
+    return {
+      insert: (spec, now) =>
+        Effect.map(checkSpec(spec), (checked) => {
+          const row = table.insert({
+            input: checked.input,
+            plan: planOf(spec.plan, now),
+            ...checked.group !== undefined && { group: checked.group },
+            ...checked.max !== undefined && { max: checked.max },
+            ...checked.timeout !== undefined && { timeout: millis(checked.timeout)! },
+            ...checked.repeat !== undefined && { repeat: millis(checked.repeat)! },
+            ...checked.drift !== undefined && { drift: checked.drift },
+            ...checked.delete !== undefined && { delete: checked.delete },
+            ...checked.count !== undefined && { count: checked.count },
+            ...checked.live !== undefined && { live: millis(checked.live)! },
+            ...checked.remote !== undefined && { remote: checked.remote }
+          })
+          return row.id
+        }),
+      stop: (id) => Effect.sync(() => table.stop(id)),
+      all: Effect.sync(() => table.rows())
+    }
+  })
+
+/** The columns of a row, times as ms, in the shape of `TaskRow`. */
+const rowColumns = `id::text AS id, parent::text AS parent,
+  (extract(epoch FROM plan) * 1000)::float8 AS plan, (extract(epoch FROM start) * 1000)::float8 AS start,
+  (extract(epoch FROM stop) * 1000)::float8 AS stop, "group", max, pid, input, output, error, state::text AS state,
+  (extract(epoch FROM timeout) * 1000)::float8 AS timeout, delete,
+  (extract(epoch FROM repeat) * 1000)::float8 AS repeat, drift, count,
+  (extract(epoch FROM live) * 1000)::float8 AS live, remote`
+
+const postgresRows = (watched: Watched): Effect.Effect<Rows, DatabaseError, Database | Scope.Scope> =>
+  Effect.gen(function*() {
+    const database = yield* Database
+    const { target, table } = watched.opened[0]!
+    const session = yield* Session.open(database.clientConfig(target.data, target.user), "connect to the target")
+    return {
+      insert: (spec, now) =>
+        Effect.gen(function*() {
+          const checked = yield* checkSpec(spec)
+          const statement = insertStatement(table.name, { ...checked, plan: new Date(planOf(spec.plan, now)) })
+          const [row] = yield* session.query<{ id: string }>(statement.text, statement.params)
+          return row!.id
+        }),
+      stop: (id) =>
+        Effect.map(
+          session.query(
+            `UPDATE ${table.name} SET state = 'STOP' WHERE id = $1 AND state IN ('PLAN', 'TAKE', 'WORK') RETURNING id`,
+            [id]
+          ),
+          (changed) => changed.length > 0
+        ),
+      all: session.query<TaskRow>(`SELECT ${rowColumns} FROM ${table.name} ORDER BY id`)
+    }
+  })
+
+const layer = (options: SimulationOptions = {}): Layer.Layer<Simulation | Scheduler, ConfigError> => {
+  const watched: Watched = { inFlight: 0, calls: 0, opened: [] }
+  const virtual = new VirtualClock(startOf(options))
+  const scheduler = Scheduler.layer(options).pipe(
+    Layer.provideMerge(watchStore(watched, false)),
+    Layer.provideMerge(MemoryStore.layer),
+    Layer.provideMerge(settingsLayer(options)),
+    Layer.provideMerge(clockLayer(virtual)),
+    // Fibers never yield to the event loop's timers, so one turn of the
+    // event loop sees every fiber woken by a step waiting again.
+    Layer.provideMerge(Layer.setScheduler(new FiberScheduler.MixedScheduler(Number.MAX_SAFE_INTEGER)))
+  )
+  const simulation = Layer.effect(
+    Simulation,
+    Effect.gen(function*() {
+      yield* Effect.flatMap(Scheduler, (scheduler) => scheduler.ready)
+      return yield* makeSimulation(virtual, watched, yield* memoryRows, 0, false)
+    })
+  )
+  return Layer.provideMerge(simulation, scheduler)
+}
+
+const layerPostgres = (
+  options: SimulationOptions & DatabaseOptions
+): Layer.Layer<Simulation | Scheduler, DatabaseError | TargetError> => {
+  const watched: Watched = { inFlight: 0, calls: 0, opened: [] }
+  const virtual = new VirtualClock(startOf(options))
+  const scheduler = Scheduler.layer(options).pipe(
+    Layer.provideMerge(watchStore(watched, true)),
+    Layer.provideMerge(PgStore.layer({ listen: false, interpret: (_, task) => Script.run(task.input) })),
+    Layer.provideMerge(settingsLayer(options)),
+    Layer.provideMerge(clockLayer(virtual)),
+    Layer.provideMerge(Database.layer(options))
+  )
+  const simulation = Layer.scoped(
+    Simulation,
+    Effect.gen(function*() {
+      yield* Effect.flatMap(Scheduler, (scheduler) => scheduler.ready)
+      return yield* makeSimulation(virtual, watched, yield* postgresRows(watched), 2, true)
+    })
+  )
+  return Layer.provideMerge(simulation, scheduler).pipe(
+    Layer.catchAll((error) =>
+      Layer.fail(
+        error instanceof DatabaseError || error instanceof TargetError
+          ? error
+          : new DatabaseError({ action: "start the simulation", reason: String(error) })
+      )
+    )
+  )
+}
+
+export class Simulation extends Context.Tag("pg-task/Simulation")<Simulation, SimulationService>() {
+  /** The simulation over a table in memory. Use it under `it.effect`, where the clock is `TestClock`. */
+  static readonly layer = layer
+  /**
+   * The same simulation over a real table, on the server `options` names:
+   * the production store, with task inputs read as scripts and wake-ups sent
+   * by the simulation rather than by the table's trigger.
+   */
+  static readonly layerPostgres = layerPostgres
+}
