@@ -141,7 +141,7 @@ export class MemoryTable {
     const picked = candidates.sort(byPriority).filter((row) => {
       const rank = (ranks.get(row.group) ?? 0) + 1
       ranks.set(row.group, rank)
-      return (running.get(row.group) ?? 0) + rank <= row.max
+      return this.fits(row, running.get(row.group) ?? 0, rank)
     }).slice(0, limit)
     const tasks = picked.map((row) => claimedTask(this.set(row, { state: "TAKE", pid: claimedBy })))
     const left = this.rows().filter((row) => row.state === "PLAN")
@@ -151,6 +151,14 @@ export class MemoryTable {
       nextPlan: later.length ? Math.min(...later) : null,
       dueLeft: left.some((row) => row.plan <= now)
     }
+  }
+
+  /**
+   * Whether a due row fits its group: `running` of the group are claimed or
+   * running, and the row comes `rank`th among the group's due rows.
+   */
+  protected fits(row: TaskRow, running: number, rank: number): boolean {
+    return running + rank <= row.max
   }
 
   start(task: ClaimedTask, now: number, pid: number): boolean {
@@ -248,7 +256,10 @@ const tableOf = (target: Target): TaskTable => {
   }
 }
 
-const makeTables = Effect.sync(() => {
+/** Makes a target's table; a subclass of `MemoryTable` may bend its rules, to check the checks. */
+export type MakeTable = (table: TaskTable, wakes: Queue.Queue<Wake>) => MemoryTable
+
+const makeTables = (make: MakeTable) => Effect.sync(() => {
   const tables = new Map<string, MemoryTable>()
   return MemoryTables.of({
     of: (target) =>
@@ -256,7 +267,7 @@ const makeTables = Effect.sync(() => {
         const key = describeTarget(target)
         const found = tables.get(key)
         if (found !== undefined) return found
-        const table = new MemoryTable(tableOf(target), yield* Queue.dropping<Wake>(64))
+        const table = make(tableOf(target), yield* Queue.dropping<Wake>(64))
         tables.set(key, table)
         return table
       })
@@ -299,9 +310,13 @@ const open = (memory: MemoryTable, target: Target) =>
     return store
   })
 
+/** The memory store and its tables, made by `make`. */
+export const layerWith = (make: MakeTable): Layer.Layer<Store | MemoryTables> =>
+  Layer.effect(
+    Store,
+    Effect.map(MemoryTables, (tables) =>
+      Store.of({ open: (target) => Effect.flatMap(tables.of(target), (memory) => open(memory, target)) }))
+  ).pipe(Layer.provideMerge(Layer.effect(MemoryTables, makeTables(make))))
+
 /** The memory store and its tables. */
-export const layer: Layer.Layer<Store | MemoryTables> = Layer.effect(
-  Store,
-  Effect.map(MemoryTables, (tables) =>
-    Store.of({ open: (target) => Effect.flatMap(tables.of(target), (memory) => open(memory, target)) }))
-).pipe(Layer.provideMerge(Layer.effect(MemoryTables, makeTables)))
+export const layer = layerWith((table, wakes) => new MemoryTable(table, wakes))

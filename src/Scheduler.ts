@@ -258,8 +258,10 @@ const work = (
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
       // A timer is kept for as long as its deadline holds, rather than made
-      // anew on every wake-up.
-      const deadline = Math.min(now + target.timeout, nextPlan ?? Infinity)
+      // anew on every wake-up. A plan already past is no deadline: its task
+      // waits for a session, and the end of a task wakes the worker.
+      const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
+      const deadline = Math.min(now + target.timeout, planned)
       if (timer?.at !== deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
         timer = { at: deadline, fiber: yield* Effect.forkScoped(clock.sleepUntil(deadline)) }

@@ -6,7 +6,8 @@
  *     sleep 5 minutes; output report sent
  *     sleep 90 s; fail disk full
  *
- * Statements are separated by `;` or new lines:
+ * Statements are separated by `;` or new lines; a line starting with `--`
+ * is a comment:
  * - `sleep <n> <unit>` waits that long (units: ms, s, min, h, d and their
  *   long names);
  * - `output <text>` adds a line to the output;
@@ -49,7 +50,8 @@ export type Step =
 /** The script's steps, or the error text of its first bad statement. */
 export const parse = (input: string): { readonly steps: ReadonlyArray<Step> } | { readonly error: string } => {
   const steps: Array<Step> = []
-  for (const raw of input.split(/[;\n]/)) {
+  const lines = input.split("\n").filter((line) => !line.trimStart().startsWith("--"))
+  for (const raw of lines.join("\n").split(/[;\n]/)) {
     const statement = raw.trim()
     if (statement === "") continue
     const [word = "", ...rest] = statement.split(/\s+/)

@@ -25,7 +25,7 @@ import { VirtualClock } from "./internal/virtualClock.js"
 import * as MemoryStore from "./MemoryStore.js"
 import type { TaskRow } from "./MemoryStore.js"
 import * as PgStore from "./PgStore.js"
-import { Scheduler, type SchedulerOptions } from "./Scheduler.js"
+import { Scheduler } from "./Scheduler.js"
 import * as Script from "./Script.js"
 import { Store, type TargetStore, type Wake } from "./Store.js"
 import { checkSpec, insertStatement, type TaskSpec, type TaskSpecError } from "./Tasks.js"
@@ -53,13 +53,23 @@ export interface SimulationService {
   readonly settle: Effect.Effect<void>
 }
 
-export interface SimulationOptions extends SchedulerOptions {
+export interface SimulationOptions {
   /**
    * Settings, as the flags give them. The poll interval (`default_timeout`)
    * is one day unless set: a simulation loses no wake-up, so polling would
    * only add steps.
    */
   readonly settings?: RawSettings | undefined
+  /**
+   * Run what is due, wait for it to end, and stop (`Scheduler.done` tells),
+   * as the binary's `--once` does.
+   */
+  readonly once?: boolean | undefined
+  /**
+   * Makes the in-memory table (`layer` only): a subclass of `MemoryTable`
+   * that bends a rule, to show that a check of the rules catches it.
+   */
+  readonly table?: MemoryStore.MakeTable | undefined
   /** Where the simulation's clock starts; the epoch (1970-01-01T00:00:00Z) by default. */
   readonly start?: Date | undefined
 }
@@ -84,8 +94,15 @@ interface Watched {
   inFlight: number
   /** Calls made so far. */
   calls: number
+  /** Calls made when the clock last moved. */
+  callsBefore: number
+  /** Why the scheduler was stopped short: it spun at one instant. */
+  fault?: string
   readonly opened: Array<{ readonly target: Target; readonly table: TaskTable; readonly wakes: Queue.Queue<Wake> }>
 }
+
+/** More calls to the store than this at one instant mean the scheduler spins. */
+const spinning = 100_000
 
 /** Counts every call to the store while it is on its way; its wake-ups are the simulation's. */
 const watchStore = (watched: Watched, ownWakes: boolean) =>
@@ -104,15 +121,17 @@ const watchStore = (watched: Watched, ownWakes: boolean) =>
   )
 
 const watch = (watched: Watched, store: TargetStore): TargetStore => {
+  // A scheduler that keeps calling its store at one instant spins, and may
+  // never let the simulation run again to find out: it is stopped here.
   const counted = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-    Effect.acquireUseRelease(
-      Effect.sync(() => {
-        watched.inFlight++
-        watched.calls++
-      }),
-      () => effect,
-      () => Effect.sync(() => watched.inFlight--)
-    )
+    Effect.suspend(() => {
+      if (++watched.calls - watched.callsBefore > spinning) {
+        watched.fault ??= `${watched.calls - watched.callsBefore} calls to the store at one instant`
+        return Effect.dieMessage(`the scheduler spins: ${watched.fault}`)
+      }
+      watched.inFlight++
+      return Effect.ensuring(effect, Effect.sync(() => watched.inFlight--))
+    })
   return {
     ...store,
     claim: (now, limit, inProcess) => counted(store.claim(now, limit, inProcess)),
@@ -158,6 +177,8 @@ interface Rows {
  */
 const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, quiet: number, wakes: boolean) =>
   Effect.gen(function*() {
+    // Real time, ms, that one instant of virtual time may take.
+    const patience = 20_000
     const clock = yield* Clock
     const wake = (reason: Wake) =>
       wakes
@@ -165,9 +186,17 @@ const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, qui
         : Effect.void
     // The scheduler is idle when no store call was on its way or made
     // across two pauses in a row: every fiber woken meanwhile has run
-    // until it waits for the clock or for a wake-up.
+    // until it waits for the clock or for a wake-up. One that never stops
+    // calling is a scheduler that spins, and the simulation says so.
     const settle = Effect.gen(function*() {
+      const since = Date.now()
       for (let idle = 0, calls = -1; idle < 2;) {
+        if (watched.fault !== undefined || Date.now() - since > patience) {
+          return yield* Effect.dieMessage(
+            `the scheduler did not settle at ${new Date(virtual.unsafeCurrentTimeMillis()).toISOString()}: `
+              + (watched.fault ?? `${watched.calls - watched.callsBefore} calls to its store and counting`)
+          )
+        }
         yield* pause(quiet)
         idle = watched.inFlight === 0 && watched.calls === calls ? idle + 1 : 0
         calls = watched.calls
@@ -180,9 +209,11 @@ const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, qui
         const end = virtual.unsafeCurrentTimeMillis() + Duration.toMillis(duration)
         yield* settle
         for (let next = virtual.next(); next !== undefined && next <= end; next = virtual.next()) {
+          watched.callsBefore = watched.calls
           virtual.moveTo(next)
           yield* settle
         }
+        watched.callsBefore = watched.calls
         virtual.moveTo(end)
         yield* settle
       })
@@ -269,16 +300,20 @@ const postgresRows = (watched: Watched): Effect.Effect<Rows, DatabaseError, Data
   })
 
 const layer = (options: SimulationOptions = {}): Layer.Layer<Simulation | Scheduler, ConfigError> => {
-  const watched: Watched = { inFlight: 0, calls: 0, opened: [] }
+  const watched: Watched = { inFlight: 0, calls: 0, callsBefore: 0, opened: [] }
   const virtual = new VirtualClock(startOf(options))
-  const scheduler = Scheduler.layer(options).pipe(
+  // Closing a simulation cancels what still runs: the clock stands still
+  // once nobody moves it, so a grace period would never end.
+  const scheduler = Scheduler.layer({ once: options.once, shutdownTimeout: 0 }).pipe(
     Layer.provideMerge(watchStore(watched, false)),
-    Layer.provideMerge(MemoryStore.layer),
+    Layer.provideMerge(options.table ? MemoryStore.layerWith(options.table) : MemoryStore.layer),
     Layer.provideMerge(settingsLayer(options)),
     Layer.provideMerge(clockLayer(virtual)),
-    // Fibers never yield to the event loop's timers, so one turn of the
-    // event loop sees every fiber woken by a step waiting again.
-    Layer.provideMerge(Layer.setScheduler(new FiberScheduler.MixedScheduler(Number.MAX_SAFE_INTEGER)))
+    // Fibers yield to the event loop's timers only after a long run of
+    // work, so one turn of the event loop sees every fiber woken by a step
+    // waiting again, while a scheduler that spins still lets the
+    // simulation notice.
+    Layer.provideMerge(Layer.setScheduler(new FiberScheduler.MixedScheduler(10_000)))
   )
   const simulation = Layer.effect(
     Simulation,
@@ -293,9 +328,9 @@ const layer = (options: SimulationOptions = {}): Layer.Layer<Simulation | Schedu
 const layerPostgres = (
   options: SimulationOptions & DatabaseOptions
 ): Layer.Layer<Simulation | Scheduler, DatabaseError | TargetError> => {
-  const watched: Watched = { inFlight: 0, calls: 0, opened: [] }
+  const watched: Watched = { inFlight: 0, calls: 0, callsBefore: 0, opened: [] }
   const virtual = new VirtualClock(startOf(options))
-  const scheduler = Scheduler.layer(options).pipe(
+  const scheduler = Scheduler.layer({ once: options.once, shutdownTimeout: 0 }).pipe(
     Layer.provideMerge(watchStore(watched, true)),
     Layer.provideMerge(PgStore.layer({ listen: false, interpret: (_, task) => Script.run(task.input) })),
     Layer.provideMerge(settingsLayer(options)),

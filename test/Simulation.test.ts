@@ -68,6 +68,24 @@ describe("Simulation", () => {
       expect(byId.size).toBe(4)
     })))
 
+  it.effect("a worker whose sessions are busy waits for one to free, even with a plan past", () =>
+    simulate(
+      Effect.gen(function*() {
+        const sim = yield* Simulation
+        yield* sim.plan({ input: "sleep 1 hour", plan: "10 minutes" })
+        yield* sim.plan({ input: "sleep 1 hour", plan: "20 minutes" })
+        yield* sim.plan({ input: "sleep 1 hour", plan: "30 minutes" })
+        yield* sim.advance("4 hours")
+        const rows = yield* sim.rows
+        expect(rows.map((row) => [row.start, row.stop])).toEqual([
+          [10 * minute, 70 * minute],
+          [70 * minute, 130 * minute],
+          [130 * minute, 190 * minute]
+        ])
+      }),
+      { default_run: "1" }
+    ))
+
   it.effect("a script the simulation cannot read fails its task with a syntax error", () =>
     simulate(Effect.gen(function*() {
       const sim = yield* Simulation
