@@ -3,8 +3,8 @@
  * the rules every run must keep, written here from the contract rather
  * than taken from the code under test.
  */
-import { Effect } from "effect"
-import { Simulation, type TaskRow } from "../../src/testing.js"
+import { Effect, Logger, LogLevel } from "effect"
+import { type MemoryStore, Simulation, type TaskRow } from "../../src/testing.js"
 import type { TaskSpec } from "../../src/Tasks.js"
 
 export const minute = 60_000
@@ -223,3 +223,23 @@ export const baseSeed = () => {
 export const report = (seed: number, problems: ReadonlyArray<string>) =>
   `schedule with seed ${seed} broke the rules; run it again with `
   + `SIMULATION_SEED=${seed} npm run test:simulation\n${problems.map((p) => `  - ${p}`).join("\n")}`
+
+/** Plays the schedule of `seed` in memory and returns what it broke. */
+export const check = (seed: number, table?: MemoryStore.MakeTable) => {
+  const schedule = generate(seed)
+  return play(schedule).pipe(
+    Effect.map((played) => violations(schedule, played)),
+    Effect.provide(Simulation.layer({ settings: { default_run: String(schedule.run) }, table })),
+    Logger.withMinimumLogLevel(LogLevel.Warning),
+    Effect.runPromise
+  )
+}
+
+/** The report of the first of `seeds` whose schedule breaks a rule, or undefined. */
+export const firstFailure = async (seeds: Iterable<number>, table?: MemoryStore.MakeTable) => {
+  for (const seed of seeds) {
+    const problems = await check(seed, table)
+    if (problems.length > 0) return report(seed, problems)
+  }
+  return undefined
+}
