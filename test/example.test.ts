@@ -65,3 +65,11 @@ describe("examples/report.ts", () => {
     expect(stdout + stderr).toContain("DATABASE_URL")
   })
 })
+
+describe("the README's simulation example", () => {
+  it("is examples/schedule.test.ts as it is, which the suite runs", () => {
+    const readme = fs.readFileSync("README.md", "utf8")
+    const example = fs.readFileSync("examples/schedule.test.ts", "utf8")
+    expect(readme).toContain("```ts\n" + example + "```")
+  })
+})
