@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url"
 import { claimTime } from "./claim.js"
 import { latency } from "./latency.js"
 import { startSampler } from "./memory.js"
+import { schedulerProcess } from "./process.js"
 import { say } from "./progress.js"
 import { punctuality } from "./punctuality.js"
 import { figures, type Results, table, writeJson } from "./report.js"
@@ -65,6 +66,7 @@ const runAll = async (server: Server): Promise<Omit<Results, "memory">> => ({
   throughput: await runPhase("a", "throughput: 20,000 SELECT 1 tasks", () => throughput(server)),
   latency: await runPhase("b", "latency: 200 sequential tasks", () => latency(server)),
   punctuality: await runPhase("d", "punctuality: 1,000 tasks planned 2 s ahead", () => punctuality(server)),
+  process: await runPhase("e", "memory: the pg-task binary draining 20,000 tasks", () => schedulerProcess(server)),
   claim: await runPhase("f", "claim time, scheduler stopped", () => claimTime(server))
 })
 
@@ -106,7 +108,8 @@ const main = async () => {
   const results: Results = { ...partial, memory: memory.stop() }
   const rows = figures(results)
   console.log(`\n${table(rows)}\n`)
-  console.log("Memory is the whole Node process: the benchmark driver and the scheduler run in it together.")
+  console.log("The scheduler's memory is the pg-task binary's, in a process of its own (phase e); the last")
+  console.log("two RSS rows are this Node process, where the driver and the in-process scheduler run together.")
   writeJson(resultsFile, {
     date,
     node: process.version,
