@@ -14,7 +14,7 @@ import { Effect } from "effect"
 import Pg from "pg"
 import type { TaskTable } from "./Bootstrap.js"
 import type { Session } from "./internal/session.js"
-import type { Claimed, Finish } from "./Store.js"
+import type { Claimed, Finish, Held } from "./Store.js"
 import type { ClaimedTask } from "./Task.js"
 
 /** First key of the lock each backend holds on its own pid while it lives. */
@@ -297,12 +297,17 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
   ])
 }
 
-/** Puts tasks back to `PLAN`; used when a worker gives up tasks it still holds. */
-export const release = (session: Session, table: TaskTable, ids: ReadonlyArray<string>) =>
+/**
+ * Puts tasks back to `PLAN`, each only while the backend named with it
+ * holds it; used when a worker gives up tasks it claimed or started.
+ */
+export const release = (session: Session, table: TaskTable, held: ReadonlyArray<Held>) =>
   session.query(
-    `UPDATE ${table.name} SET state = 'PLAN', pid = NULL, start = NULL
-     WHERE id = ANY($1::bigint[]) AND state IN ('TAKE', 'WORK')`,
-    [ids]
+    `UPDATE ${table.name} AS task SET state = 'PLAN', pid = NULL, start = NULL
+     FROM unnest($1::bigint[], $2::int[]) AS held(id, pid)
+     WHERE task.id = ANY($1::bigint[]) AND task.id = held.id AND task.pid = held.pid
+       AND task.state IN ('TAKE', 'WORK')`,
+    [held.map((h) => h.id), held.map((h) => h.pid)]
   )
 
 /** Puts back to `PLAN` every claimed or running task whose backend is gone. */

@@ -36,10 +36,12 @@ export type StopSignal = Deferred.Deferred<void>
  */
 export const execute = (link: WorkerLink, first: ClaimedTask) => {
   let current = first
+  let holder: number | undefined
   return Effect.gen(function*() {
     if (first.remote !== null) return yield* Effect.scoped(runRemote(link, first))
     const chain = { born: yield* link.clock.now, ran: 0 }
     const session = yield* link.store.session
+    holder = session.pid
     for (;;) {
       chain.ran += 1
       const { reusable, next } = yield* Effect.scoped(runLocal(link, session, current, chain))
@@ -57,7 +59,7 @@ export const execute = (link: WorkerLink, first: ClaimedTask) => {
       Cause.isInterruptedOnly(cause)
         ? Effect.void
         : Effect.logWarning("a worker session failed; its task goes back to PLAN", cause).pipe(
-          Effect.zipRight(Effect.suspend(() => putBack(link, current)))
+          Effect.zipRight(Effect.suspend(() => putBack(link, current, holder)))
         )
     ),
     Effect.annotateLogs({ task: first.id, group: first.group })
@@ -96,11 +98,11 @@ const runLocal = (
     if (!started) return { reusable: true }
     yield* countStart(link, task, startedAt)
     const { outcome, clean, lost } = yield* withLimits(task, stop, session.run(task)).pipe(
-      Effect.onInterrupt(() => putBack(link, task))
+      Effect.onInterrupt(() => putBack(link, task, session.pid))
     )
     if (lost) {
       yield* Effect.logWarning("the task's session was lost; the task goes back to PLAN")
-      yield* putBack(link, task)
+      yield* putBack(link, task, session.pid)
       return { reusable: false }
     }
     const reusable = clean && session.isHealthy()
@@ -134,9 +136,15 @@ const runRemote = (link: WorkerLink, task: ClaimedTask) =>
     yield* record(link, task, pid, outcome, now)
   })
 
-/** Gives a task back to `PLAN`, for this or another instance to run again. */
-const putBack = (link: WorkerLink, task: ClaimedTask) =>
-  link.store.release([task.id]).pipe(Effect.ignore)
+/**
+ * Gives a task back to `PLAN`, for this or another instance to run again:
+ * as long as the worker holds its claim, or `session` holds it running.
+ */
+const putBack = (link: WorkerLink, task: ClaimedTask, session?: number) =>
+  link.store.release([
+    { id: task.id, pid: task.claimedBy },
+    ...session === undefined ? [] : [{ id: task.id, pid: session }]
+  ]).pipe(Effect.ignore)
 
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 

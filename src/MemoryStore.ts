@@ -9,7 +9,7 @@ import { Context, Effect, Layer, Pool, Queue } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import { describeTarget, type Target } from "./Config.js"
 import * as Script from "./Script.js"
-import { type Claimed, type Finish, Store, type TargetStore, type TaskSession, type Wake } from "./Store.js"
+import { type Claimed, type Finish, type Held, Store, type TargetStore, type TaskSession, type Wake } from "./Store.js"
 import type { ClaimedTask, State } from "./Task.js"
 
 /** A row of a task table, times in milliseconds since the epoch, intervals in milliseconds. */
@@ -189,10 +189,10 @@ export class MemoryTable {
     }
   }
 
-  release(ids: ReadonlyArray<string>): void {
-    for (const id of ids) {
+  release(tasks: ReadonlyArray<Held>): void {
+    for (const { id, pid } of tasks) {
       const row = this.byId.get(id)
-      if (row !== undefined && held(row)) this.set(row, { state: "PLAN", pid: null, start: null })
+      if (row !== undefined && held(row) && row.pid === pid) this.set(row, { state: "PLAN", pid: null, start: null })
     }
   }
 
@@ -299,7 +299,7 @@ const open = (memory: MemoryTable, target: Target) =>
       claim: (now, limit, inProcess) => Effect.sync(() => memory.claim(now, limit, inProcess, worker)),
       claimNext: (now, after) => Effect.sync(() => memory.claim(now, 1, new Map(), worker, after).tasks[0]),
       finish: (finishes) => Effect.sync(() => memory.finish(finishes)),
-      release: (ids) => Effect.sync(() => memory.release(ids)),
+      release: (tasks) => Effect.sync(() => memory.release(tasks)),
       reset: Effect.sync(() => memory.reset()),
       stopped: (ids) => Effect.sync(() => memory.stopped(ids)),
       session: Pool.get(sessions),

@@ -83,7 +83,7 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       claim: (now, limit, inProcess) => book((s) => Claimer.claim(s, table, now, limit, inProcess)),
       claimNext: (now, after) => book((s) => Claimer.claimNext(s, table, now, after)),
       finish: (finishes) => book((s) => Effect.asVoid(Claimer.finish(s, table, finishes))),
-      release: (ids) => book((s) => Effect.asVoid(Claimer.release(s, table, ids))),
+      release: (held) => book((s) => Effect.asVoid(Claimer.release(s, table, held))),
       reset: book((s) => Claimer.reset(s, table)),
       stopped: (ids) => book((s) => Claimer.stopped(s, table, ids)),
       session: Pool.get(sessions),

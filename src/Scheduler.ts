@@ -178,12 +178,14 @@ const work = (
     const ends = yield* Queue.dropping<Wake>(64)
     const { link, stops } = yield* makeLink(store, ends)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
+    /** Puts back the tasks of dead workers; how many. */
     const reset = Effect.flatMap(store.reset, (ids) =>
       ids.length === 0
-        ? Effect.void
+        ? Effect.succeed(0)
         : Effect.logWarning("put tasks of a dead worker back to PLAN").pipe(
           Effect.annotateLogs("tasks", ids),
-          Effect.zipRight(Metric.update(resets, ids.length))
+          Effect.zipRight(Metric.update(resets, ids.length)),
+          Effect.as(ids.length)
         ))
     yield* reset
     yield* Effect.logInfo("target started").pipe(
@@ -238,8 +240,7 @@ const work = (
       const stopping = yield* Deferred.isDone(shutdown)
       const busy = yield* SubscriptionRef.get(running)
       if (stopping && waiting.length > 0) {
-        const ids = waiting.splice(0).map((task) => task.id)
-        yield* store.release(ids)
+        yield* store.release(waiting.splice(0).map((task) => ({ id: task.id, pid: task.claimedBy })))
       }
       const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
       if (!stopping && due && waiting.length < target.run) {
@@ -250,7 +251,11 @@ const work = (
         mayFindMore = claimed.tasks.length === want
         dueLeft = claimed.dueLeft
         checks += 1
-        if (checks % target.reset === 0) yield* reset
+        // Tasks put back are due at once: claim again rather than wait.
+        if (checks % target.reset === 0 && (yield* reset) > 0) {
+          mayFindMore = true
+          continue
+        }
       }
       const free = target.run - busy
       if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })

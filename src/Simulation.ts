@@ -137,7 +137,7 @@ const watch = (watched: Watched, store: TargetStore): TargetStore => {
     claim: (now, limit, inProcess) => counted(store.claim(now, limit, inProcess)),
     claimNext: (now, after) => counted(store.claimNext(now, after)),
     finish: (finishes) => counted(store.finish(finishes)),
-    release: (ids) => counted(store.release(ids)),
+    release: (held) => counted(store.release(held)),
     reset: counted(store.reset),
     stopped: (ids) => counted(store.stopped(ids)),
     session: Effect.map(counted(store.session), (session) => ({
@@ -299,7 +299,9 @@ const postgresRows = (watched: Watched): Effect.Effect<Rows, DatabaseError, Data
     }
   })
 
-const layer = (options: SimulationOptions = {}): Layer.Layer<Simulation | Scheduler, ConfigError> => {
+const layer = (
+  options: SimulationOptions = {}
+): Layer.Layer<Simulation | Scheduler | PgTaskConfig | MemoryStore.MemoryTables, ConfigError> => {
   const watched: Watched = { inFlight: 0, calls: 0, callsBefore: 0, opened: [] }
   const virtual = new VirtualClock(startOf(options))
   // Closing a simulation cancels what still runs: the clock stands still

@@ -24,6 +24,12 @@ export interface Claimed {
   readonly dueLeft: boolean
 }
 
+/** A claimed or running task and the backend that holds its row. */
+export interface Held {
+  readonly id: string
+  readonly pid: number
+}
+
 /** How one run ended, ready to be written. */
 export interface Finish {
   readonly task: ClaimedTask
@@ -83,8 +89,12 @@ export interface TargetStore {
   readonly claimNext: (now: number, after: ClaimedTask) => Effect.Effect<ClaimedTask | undefined, DatabaseError>
   /** Writes how runs ended, with the repeats and deletes that follow. */
   readonly finish: (finishes: ReadonlyArray<Finish>) => Effect.Effect<void, DatabaseError>
-  /** Puts tasks this worker holds back to `PLAN`. */
-  readonly release: (ids: ReadonlyArray<string>) => Effect.Effect<void, DatabaseError>
+  /**
+   * Puts tasks back to `PLAN`, each only while the backend named with it
+   * still holds it: a task reset and claimed anew meanwhile stays with its
+   * new holder.
+   */
+  readonly release: (held: ReadonlyArray<Held>) => Effect.Effect<void, DatabaseError>
   /** Puts back to `PLAN` the tasks of workers that are gone; returns their ids. */
   readonly reset: Effect.Effect<ReadonlyArray<string>, DatabaseError>
   /** Which of these tasks a user has set to `STOP`. */

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { Simulation } from "../src/testing.js"
+import { PgTaskConfig } from "../src/Config.js"
+import { MemoryStore, Simulation } from "../src/testing.js"
 
 const minute = 60_000
 const hour = 60 * minute
@@ -85,6 +86,23 @@ describe("Simulation", () => {
       }),
       { default_run: "1" }
     ))
+
+  it.effect("a task whose session died goes back to PLAN and runs again; its old run is not written", () =>
+    Effect.gen(function*() {
+      const sim = yield* Simulation
+      const id = yield* sim.plan({ input: "sleep 1 hour; output done" })
+      yield* sim.advance("10 minutes")
+      const [running] = yield* sim.rows
+      expect(running).toMatchObject({ state: "WORK", start: 0 })
+      const { targets } = yield* PgTaskConfig
+      const table = yield* Effect.flatMap(MemoryStore.MemoryTables, (tables) => tables.of(targets[0]!))
+      table.die(running!.pid!)
+      // The next claim (here, for a new task) finds the row held by a dead session.
+      yield* sim.plan({ input: "output other" })
+      yield* sim.advance("2 hours")
+      const row = (yield* sim.rows).find((r) => r.id === id)
+      expect(row).toMatchObject({ state: "DONE", start: 10 * minute, stop: 70 * minute, output: "done" })
+    }).pipe(Effect.provide(Simulation.layer({ settings: { default_reset: "1" } }))))
 
   it.effect("a script the simulation cannot read fails its task with a syntax error", () =>
     simulate(Effect.gen(function*() {
