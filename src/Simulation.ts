@@ -13,7 +13,7 @@
  * step waits until the scheduler has nothing on its way to the store, so
  * that every decision is taken at the virtual instant it belongs to.
  */
-import { Context, Duration, Effect, Layer, Queue, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Queue, type Scope, TestClock } from "effect"
 import * as FiberScheduler from "effect/Scheduler"
 import type { TaskTable } from "./Bootstrap.js"
 import { Clock } from "./Clock.js"
@@ -70,6 +70,16 @@ export interface SimulationOptions {
    * that bends a rule, to show that a check of the rules catches it.
    */
   readonly table?: MemoryStore.MakeTable | undefined
+  /**
+   * `virtual` (the default): the simulation's own clock, which moves from
+   * timer to timer at once. `test`: Effect's `TestClock` (use it under
+   * `it.effect`); `advance` is then `TestClock.adjust` with the scheduler
+   * settled before and after, and a test may adjust `TestClock` itself.
+   * `TestClock` waits several event-loop turns for each timer it fires, so
+   * a busy simulated day takes seconds rather than milliseconds.
+   * `layerPostgres` always uses the virtual clock.
+   */
+  readonly clock?: "virtual" | "test" | undefined
   /** Where the simulation's clock starts; the epoch (1970-01-01T00:00:00Z) by default. */
   readonly start?: Date | undefined
 }
@@ -175,7 +185,13 @@ interface Rows {
  * scheduler is idle; `wakes`: whether the simulation wakes the workers
  * after its own changes, for a store that does not.
  */
-const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, quiet: number, wakes: boolean) =>
+const makeSimulation = (
+  virtual: VirtualClock | undefined,
+  watched: Watched,
+  rows: Rows,
+  quiet: number,
+  wakes: boolean
+) =>
   Effect.gen(function*() {
     // Real time, ms, that one instant of virtual time may take.
     const patience = 20_000
@@ -193,7 +209,7 @@ const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, qui
       for (let idle = 0, calls = -1; idle < 2;) {
         if (watched.fault !== undefined || Date.now() - since > patience) {
           return yield* Effect.dieMessage(
-            `the scheduler did not settle at ${new Date(virtual.unsafeCurrentTimeMillis()).toISOString()}: `
+            `the scheduler did not settle at ${new Date(yield* clock.now).toISOString()}: `
               + (watched.fault ?? `${watched.calls - watched.callsBefore} calls to its store and counting`)
           )
         }
@@ -203,9 +219,16 @@ const makeSimulation = (virtual: VirtualClock, watched: Watched, rows: Rows, qui
       }
     })
     // Timer by timer: at each instant the scheduler does all it can before
-    // the clock moves on.
+    // the clock moves on. TestClock goes timer by timer itself, waiting for
+    // the fibers it woke to wait again.
     const advance = (duration: Duration.DurationInput) =>
       Effect.gen(function*() {
+        if (virtual === undefined) {
+          yield* settle
+          watched.callsBefore = watched.calls
+          yield* TestClock.adjust(duration)
+          return yield* settle
+        }
         const end = virtual.unsafeCurrentTimeMillis() + Duration.toMillis(duration)
         yield* settle
         for (let next = virtual.next(); next !== undefined && next <= end; next = virtual.next()) {
@@ -303,14 +326,18 @@ const layer = (
   options: SimulationOptions = {}
 ): Layer.Layer<Simulation | Scheduler | PgTaskConfig | MemoryStore.MemoryTables, ConfigError> => {
   const watched: Watched = { inFlight: 0, calls: 0, callsBefore: 0, opened: [] }
-  const virtual = new VirtualClock(startOf(options))
+  const virtual = options.clock === "test" ? undefined : new VirtualClock(startOf(options))
   // Closing a simulation cancels what still runs: the clock stands still
   // once nobody moves it, so a grace period would never end.
   const scheduler = Scheduler.layer({ once: options.once, shutdownTimeout: 0 }).pipe(
     Layer.provideMerge(watchStore(watched, false)),
     Layer.provideMerge(options.table ? MemoryStore.layerWith(options.table) : MemoryStore.layer),
     Layer.provideMerge(settingsLayer(options)),
-    Layer.provideMerge(clockLayer(virtual)),
+    Layer.provideMerge(
+      virtual === undefined
+        ? Layer.provideMerge(Clock.layerTest, Layer.effectDiscard(TestClock.setTime(startOf(options))))
+        : clockLayer(virtual)
+    ),
     // Fibers yield to the event loop's timers only after a long run of
     // work, so one turn of the event loop sees every fiber woken by a step
     // waiting again, while a scheduler that spins still lets the

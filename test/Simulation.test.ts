@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, TestClock } from "effect"
 import { PgTaskConfig } from "../src/Config.js"
 import { MemoryStore, Simulation } from "../src/testing.js"
 
@@ -111,5 +111,38 @@ describe("Simulation", () => {
       yield* sim.advance("1 second")
       const [row] = yield* sim.rows
       expect(row).toMatchObject({ id, state: "FAIL", error: "ERROR:  syntax error at or near \"SELECT\"" })
+    })))
+})
+
+describe("Simulation on TestClock", () => {
+  const onTestClock = <A, E>(body: Effect.Effect<A, E, Simulation>) =>
+    Effect.provide(body, Simulation.layer({ clock: "test", start: new Date(hour) }))
+
+  it.effect("a group's max holds tasks back until a slot frees, a day moved by TestClock", () =>
+    onTestClock(Effect.gen(function*() {
+      const sim = yield* Simulation
+      expect(yield* sim.now).toBe(hour)
+      for (let i = 0; i < 3; i++) yield* sim.plan({ input: "sleep 1 hour", group: "reports", max: 2 })
+      yield* sim.plan({ input: "sleep 10 minutes; output ok", repeat: "6 hours" })
+      yield* sim.advance("1 day")
+      const rows = yield* sim.rows
+      expect(rows.filter((row) => row.group === "reports").map((row) => row.start)).toEqual([hour, hour, 2 * hour])
+      const repeats = rows.filter((row) => row.state === "DONE" && row.output === "ok")
+      expect(repeats.map((row) => row.start)).toEqual([1, 7, 13, 19].map((h) => h * hour))
+    })))
+
+  it.effect("a test may adjust TestClock itself and settle the scheduler", () =>
+    onTestClock(Effect.gen(function*() {
+      const sim = yield* Simulation
+      const id = yield* sim.plan({ input: "sleep 5 minutes; output done", timeout: "1 minute" })
+      yield* sim.settle
+      yield* TestClock.adjust("2 minutes")
+      yield* sim.settle
+      expect((yield* sim.rows).find((row) => row.id === id)).toMatchObject({
+        state: "FAIL",
+        start: hour,
+        stop: hour + minute,
+        error: "ERROR:  canceling statement due to statement timeout"
+      })
     })))
 })
