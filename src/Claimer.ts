@@ -66,7 +66,7 @@ const claimStatement = (table: TaskTable) => `
     ) AS counted GROUP BY "group"
   ), candidates AS (
     SELECT due.* FROM pairs, LATERAL (
-      SELECT task.id, task.max, task.plan, task."group" FROM ${table.name} AS task
+      SELECT task.ctid, task.id, task.max, task.plan, task."group" FROM ${table.name} AS task
       WHERE task.state = 'PLAN' AND task."group" = pairs."group" AND task.max = pairs.max
         AND task.plan <= to_timestamp($1 / 1000)
         AND (NOT $8 OR task.remote IS NOT DISTINCT FROM $6)
@@ -76,13 +76,14 @@ const claimStatement = (table: TaskTable) => `
   ), ranked AS (
     SELECT *, row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank FROM candidates
   ), picked AS (
-    SELECT ranked.id FROM ranked LEFT JOIN running USING ("group")
+    SELECT ranked.ctid, ranked.id FROM ranked LEFT JOIN running USING ("group")
     WHERE coalesce(running.n, 0) + ranked.rank <= ranked.max
     ORDER BY ranked.max DESC, ranked.plan, ranked.id
     LIMIT $2
   ), claimed AS (
     UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
-    WHERE task.id = ANY (ARRAY(SELECT id FROM picked)) AND task.state = 'PLAN'
+    WHERE task.ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND task.id = ANY (ARRAY(SELECT id FROM picked))
+      AND task.state = 'PLAN'
     RETURNING task.*
   )
   SELECT * FROM claimed`

@@ -3,7 +3,7 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Effect, Metric, Option, type Scope } from "effect"
+import { Cause, Deferred, Effect, FiberRef, LogLevel, Metric, Option, type Scope } from "effect"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
@@ -163,24 +163,26 @@ const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>
   return Effect.raceFirst(timed, stopped)
 }
 
-/** A metric tagged with the task's target and group. */
-const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>, link: WorkerLink, task: ClaimedTask) =>
-  metric.pipe(Metric.tagged("target", link.store.table.label), Metric.tagged("group", task.group))
+const metrics = (link: WorkerLink, task: ClaimedTask) => Metrics.forGroup(link.store.table.label, task.group)
 
-const countStart = (link: WorkerLink, task: ClaimedTask, start: number) =>
-  Effect.zipRight(
-    Metric.update(tagged(Metrics.tasksStarted, link, task), 1),
-    Metric.update(tagged(Metrics.lateness, link, task), Math.max(0, start - task.plan) / 1000)
-  )
+const countStart = (link: WorkerLink, task: ClaimedTask, start: number) => {
+  const { lateness, started } = metrics(link, task)
+  return Effect.zipRight(Metric.update(started, 1), Metric.update(lateness, Math.max(0, start - task.plan) / 1000))
+}
 
 /** Writes the outcome, with the repeat and delete that follow from it; returns when it ended. */
 const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome, start: number) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
     yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
-    yield* Metric.update(tagged(Metrics.tasksFinished, link, task).pipe(Metric.tagged("state", outcome.state)), 1)
-    if (outcome.state === "FAIL") yield* Metric.update(tagged(Metrics.tasksFailed, link, task), 1)
-    yield* Metric.update(tagged(Metrics.duration, link, task), (stop - start) / 1000)
-    yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
+    const { duration, failed, finished } = metrics(link, task)
+    yield* Metric.update(finished[outcome.state], 1)
+    if (outcome.state === "FAIL") yield* Metric.update(failed, 1)
+    yield* Metric.update(duration, (stop - start) / 1000)
+    // Built only when debug logs are on: on a busy worker, a log line that
+    // is then dropped still costs more than the metrics.
+    if (LogLevel.greaterThanEqual(LogLevel.Debug, yield* FiberRef.get(FiberRef.currentMinimumLogLevel))) {
+      yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
+    }
     return stop
   })

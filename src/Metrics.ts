@@ -2,33 +2,77 @@
  * What pg-task counts, as Effect metrics, and the Prometheus text of them.
  * Every metric is tagged with its target and, where it applies, the group.
  */
-import { Effect, Metric, MetricBoundaries, MetricKeyType, MetricState, Option } from "effect"
+import { Effect, Metric, MetricBoundaries, MetricKey, MetricLabel, MetricKeyType, MetricState, Option } from "effect"
 
 const seconds = MetricBoundaries.exponential({ start: 0.001, factor: 4, count: 10 })
 
-export const tasksStarted = Metric.counter("pg_task_tasks_started_total", {
-  description: "tasks that started running",
-  incremental: true
-})
-export const tasksFinished = Metric.counter("pg_task_tasks_finished_total", {
-  description: "tasks that ended, by state",
-  incremental: true
-})
-export const tasksFailed = Metric.counter("pg_task_tasks_failed_total", {
-  description: "tasks that ended FAIL",
-  incremental: true
-})
+const keys = {
+  started: MetricKey.counter("pg_task_tasks_started_total", {
+    description: "tasks that started running",
+    incremental: true
+  }),
+  finished: MetricKey.counter("pg_task_tasks_finished_total", {
+    description: "tasks that ended, by state",
+    incremental: true
+  }),
+  failed: MetricKey.counter("pg_task_tasks_failed_total", {
+    description: "tasks that ended FAIL",
+    incremental: true
+  }),
+  lateness: MetricKey.histogram("pg_task_task_lateness_seconds", seconds, "from a task's plan to its start"),
+  duration: MetricKey.histogram("pg_task_task_duration_seconds", seconds, "from a task's start to its stop")
+}
+
 export const tasksReset = Metric.counter("pg_task_tasks_reset_total", {
   description: "tasks of dead workers put back to PLAN",
   incremental: true
 })
-export const tasksRunning = Metric.gauge("pg_task_tasks_running", { description: "tasks running now" })
-export const lateness = Metric.histogram(
-  "pg_task_task_lateness_seconds",
-  seconds,
-  "from a task's plan to its start"
-)
-export const duration = Metric.histogram("pg_task_task_duration_seconds", seconds, "from a task's start to its stop")
+const runningKey = MetricKey.gauge("pg_task_tasks_running", { description: "tasks running now" })
+
+/** The gauge of a target's running tasks. */
+export const tasksRunning = (target: string) => tagged(runningKey, { target })
+
+/**
+ * The task metrics of one target and group, with their tags in their keys:
+ * `Metric.tagged` builds and hashes a new key on every update, which costs
+ * more than the rest of a short task's bookkeeping in this process.
+ */
+export interface GroupMetrics {
+  readonly started: Metric.Metric.Counter<number>
+  readonly finished: Readonly<Record<"DONE" | "FAIL", Metric.Metric.Counter<number>>>
+  readonly failed: Metric.Metric.Counter<number>
+  readonly lateness: Metric.Metric.Histogram<number>
+  readonly duration: Metric.Metric.Histogram<number>
+}
+
+const tagged = <Type extends MetricKeyType.MetricKeyType<any, any>>(
+  key: MetricKey.MetricKey<Type>,
+  tags: Record<string, string>
+) => Metric.fromMetricKey(MetricKey.taggedWithLabels(key, Object.entries(tags).map(([k, v]) => MetricLabel.make(k, v))))
+
+const groupMetrics = new Map<string, GroupMetrics>()
+
+/** The metrics of a target's group, made once; all forgotten at once should thousands of groups pile up. */
+export const forGroup = (target: string, group: string): GroupMetrics => {
+  const cacheKey = JSON.stringify([target, group])
+  let found = groupMetrics.get(cacheKey)
+  if (found === undefined) {
+    if (groupMetrics.size >= 10_000) groupMetrics.clear()
+    const tags = { target, group }
+    found = {
+      started: tagged(keys.started, tags),
+      finished: {
+        DONE: tagged(keys.finished, { ...tags, state: "DONE" }),
+        FAIL: tagged(keys.finished, { ...tags, state: "FAIL" })
+      },
+      failed: tagged(keys.failed, tags),
+      lateness: tagged(keys.lateness, tags),
+      duration: tagged(keys.duration, tags)
+    }
+    groupMetrics.set(cacheKey, found)
+  }
+  return found
+}
 
 const escape = (value: string) => value.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, "\\\"")
 

@@ -5,8 +5,7 @@
  * the others carry on.
  */
 import {
-  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Queue, Ref, Stream,
-  SubscriptionRef
+  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Queue, Ref
 } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import { Clock } from "./Clock.js"
@@ -88,11 +87,39 @@ const make = (options: SchedulerOptions) =>
 const reason = (error: unknown) =>
   typeof (error as Error)?.message === "string" ? (error as Error).message : String(error)
 
+/** How many tasks a target's worker runs, and a wait for the moment none does. */
+class Running {
+  private n = 0
+  private readonly waiting = new Set<() => void>()
+  onChange: (n: number) => void = () => {}
+
+  get count() {
+    return this.n
+  }
+
+  add(delta: number) {
+    this.n += delta
+    this.onChange(this.n)
+    if (this.n === 0) for (const wake of this.waiting) wake()
+  }
+
+  /** Completes when no task runs. */
+  readonly drained = Effect.async<void>((resume) => {
+    if (this.n === 0) return resume(Effect.void)
+    const wake = () => {
+      this.waiting.delete(wake)
+      resume(Effect.void)
+    }
+    this.waiting.add(wake)
+    return Effect.sync(() => this.waiting.delete(wake))
+  })
+}
+
 /** A target's worker, restarted with backoff whenever it fails (unless it runs once). */
 const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boolean) =>
   Effect.gen(function*() {
     const ready = yield* Deferred.make<TaskTable>()
-    const running = yield* SubscriptionRef.make(0)
+    const running = new Running()
     const label = describeTarget(target)
     const health = yield* Ref.make<TargetHealth>({ target: label, up: false, reason: "starting" })
     const logFailure = (cause: Cause.Cause<unknown>) =>
@@ -123,7 +150,7 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
       ready,
       health,
       /** Completes when no task of this target runs any more. */
-      drained: running.changes.pipe(Stream.takeUntil((n) => n === 0), Stream.runDrain)
+      drained: running.drained
     }
   })
 
@@ -166,7 +193,7 @@ const work = (
   target: Target,
   shutdown: Deferred.Deferred<void>,
   ready: Deferred.Deferred<TaskTable>,
-  running: SubscriptionRef.SubscriptionRef<number>,
+  running: Running,
   once: boolean,
   up: Effect.Effect<void>
 ) =>
@@ -193,8 +220,8 @@ const work = (
     )
     yield* Deferred.succeed(ready, table)
     yield* up
-    const runningGauge = Metrics.tasksRunning.pipe(Metric.tagged("target", table.label))
-    yield* running.changes.pipe(Stream.runForEach((n) => Metric.set(runningGauge, n)), Effect.forkScoped)
+    const runningGauge = Metrics.tasksRunning(table.label)
+    running.onChange = (n) => runningGauge.unsafeUpdate(n, [])
     const fibers = yield* FiberMap.make<string>()
     // The in-process gate: tasks this instance runs, by group.
     const groups = new Map<string, number>()
@@ -206,10 +233,10 @@ const work = (
     const dispatch = (task: ClaimedTask) =>
       Effect.gen(function*() {
         count(task.group, 1)
-        yield* SubscriptionRef.update(running, (n) => n + 1)
-        const ended = Effect.suspend(() => {
+        running.add(1)
+        const ended = Effect.sync(() => {
           count(task.group, -1)
-          return SubscriptionRef.update(running, (n) => n - 1)
+          running.add(-1)
         })
         yield* FiberMap.run(
           fibers,
@@ -238,7 +265,7 @@ const work = (
     while (true) {
       const now = yield* clock.now
       const stopping = yield* Deferred.isDone(shutdown)
-      const busy = yield* SubscriptionRef.get(running)
+      const busy = running.count
       if (stopping && waiting.length > 0) {
         yield* store.release(waiting.splice(0).map((task) => ({ id: task.id, pid: task.claimedBy })))
       }
@@ -259,7 +286,7 @@ const work = (
       }
       const free = target.run - busy
       if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
-      const idle = waiting.length === 0 && (yield* SubscriptionRef.get(running)) === 0
+      const idle = waiting.length === 0 && running.count === 0
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
       // A timer is kept for as long as its deadline holds, rather than made

@@ -11,6 +11,13 @@ class IgnoresMax extends MemoryStore.MemoryTable {
 
 const ignoringMax: MemoryStore.MakeTable = (table, wakes) => new IgnoresMax(table, wakes)
 
+/** A table that counts one task too many in every group: a task of `max` 1 never runs. */
+class OneShort extends MemoryStore.MemoryTable {
+  protected override fits(row: TaskRow, running: number, rank: number) {
+    return super.fits(row, running + 1, rank)
+  }
+}
+
 const given = process.env.SIMULATION_SEED
 afterEach(() => {
   if (given === undefined) delete process.env.SIMULATION_SEED
@@ -31,6 +38,12 @@ describe("the model test itself", () => {
     // The same schedule on the store that keeps the rule breaks nothing.
     expect(await check(seed)).toEqual([])
     expect(generate(seed)).toEqual(generate(seed))
+  })
+
+  it("catches a store that keeps a due task waiting while its group has room", async () => {
+    const oneShort: MemoryStore.MakeTable = (table, wakes) => new OneShort(table, wakes)
+    const failure = await firstFailure(Array.from({ length: 500 }, (_, i) => i + 1), oneShort)
+    expect(failure).toMatch(/task \d+ \(-- t\d@\d+\) was due at \d+, could have run at \d+, and never ran/)
   })
 
   it("refuses a seed that is not an integer", () => {

@@ -126,6 +126,22 @@ const expectedRepeat = (parent: TaskRow) => {
   return plan
 }
 
+/**
+ * The first instant after a task's plan from which, for a while, a session
+ * was free and fewer than its `max` tasks of its group ran, or undefined.
+ */
+const roomFor = (task: TaskRow, rows: ReadonlyArray<TaskRow>, run: number) => {
+  const runs = rows.filter((row) => row.start !== null)
+  const instants = [...new Set([task.plan, ...runs.flatMap((row) => [row.start!, row.stop ?? Infinity])])]
+    .filter((at) => at >= task.plan && at < Infinity)
+    .sort((a, b) => a - b)
+  for (const at of instants) {
+    const running = runs.filter((row) => row.start! <= at && (row.stop ?? Infinity) > at)
+    if (running.length < run && running.filter((row) => row.group === task.group).length < task.max) return at
+  }
+  return undefined
+}
+
 /** What went against the rules, one line each; empty when nothing did. */
 export const violations = (schedule: Schedule, played: Played): ReadonlyArray<string> => {
   const found: Array<string> = []
@@ -143,9 +159,16 @@ export const violations = (schedule: Schedule, played: Played): ReadonlyArray<st
         found.push(`${name(row)} timed out after ${length} ms, not ${row.timeout}`)
       }
     }
-    // Every task due within the horizon ran by the end.
-    if (open(row) && row.plan <= played.start + schedule.horizon) {
-      found.push(`${name(row)} was due at ${row.plan} and is still ${row.state} at the end`)
+    // A task due within the horizon and still waiting at the end was kept
+    // out the whole time: no stretch after its plan found both a session
+    // free and its group below its max. A task whose `max` is below its
+    // group's busy tasks' may wait for ever; that is how `max` works.
+    if (row.state === "PLAN" && row.plan <= played.start + schedule.horizon) {
+      const chance = roomFor(row, rows, schedule.run)
+      if (chance !== undefined) found.push(`${name(row)} was due at ${row.plan}, could have run at ${chance}, and never ran`)
+    }
+    if ((row.state === "TAKE" || row.state === "WORK") && row.plan <= played.start + schedule.horizon) {
+      found.push(`${name(row)} is still ${row.state} at the end`)
     }
   }
   // A group's tasks running at once: never more than the largest max among them.
