@@ -295,7 +295,7 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
     column((f) => f.outcome.error),
     column((f) => f.next),
     column((f) => f.task.delete && f.outcome.output === null && f.outcome.error === null)
-  ])
+  ], "pg_task_finish")
 }
 
 /**

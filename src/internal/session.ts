@@ -14,10 +14,15 @@ import { redact } from "../Conninfo.js"
 export interface Session {
   /** The backend process id, as `pg_backend_pid()` gives it. */
   readonly pid: number
-  /** Runs bookkeeping SQL with parameters; values are parsed as node-postgres does. */
+  /**
+   * Runs bookkeeping SQL with parameters; values are parsed as node-postgres
+   * does. A `name` prepares the statement once on this session, so that
+   * later calls skip parsing and planning it.
+   */
   readonly query: <A = Record<string, unknown>>(
     text: string,
-    params?: ReadonlyArray<unknown>
+    params?: ReadonlyArray<unknown>,
+    name?: string
   ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
   /**
    * Runs a task's SQL: one or more statements in the simple protocol.
@@ -132,9 +137,11 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boole
   pid: (client as unknown as { processID: number }).processID,
   isHealthy,
   onNotification: (listener) => void client.on("notification", listener),
-  query: <A>(text: string, params: ReadonlyArray<unknown> = []) =>
+  query: <A>(text: string, params: ReadonlyArray<unknown> = [], name?: string) =>
     Effect.tryPromise({
-      try: () => client.query(text, params as Array<unknown>).then((result) => result.rows as ReadonlyArray<A>),
+      try: () =>
+        client.query({ text, values: params as Array<unknown>, ...name !== undefined && { name } })
+          .then((result) => result.rows as ReadonlyArray<A>),
       catch: databaseError("query")
     }),
   run: (text) => runTask(client, config, text),
