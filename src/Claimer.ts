@@ -216,29 +216,36 @@ const resetSession = [
 ]
 
 /**
- * Marks a claimed task running, on the session that runs it, first
- * resetting the session when an earlier task used it: `pid` becomes that
- * session's backend, and `pg_task.id` is set so that rows the task inserts
- * get it as their `parent`. One round trip, written without waiting for the
- * disk: after a crash the row is reset and the task runs again. False when
- * the claim was lost meanwhile.
+ * The script that marks a claimed task running, on the session that runs
+ * it, first resetting the session when an earlier task used it: `pid`
+ * becomes that session's backend, and `pg_task.id` is set so that rows the
+ * task inserts get it as their `parent`. It is written without waiting for
+ * the disk: after a crash the row is reset and the task runs again.
+ *
+ * The script is sent in the same write as the task's SQL, which the server
+ * runs right after it whatever the script did. So a start that finds its
+ * claim lost (the task was stopped, or put back and claimed by another
+ * instance) ends its own session: the backend exits before it reads the
+ * task's SQL, and nothing of the task runs.
  */
-export const start = (session: Session, table: TaskTable, task: ClaimedTask, now: number, reset: boolean) => {
+export const startScript = (table: TaskTable, task: ClaimedTask, now: number, reset: boolean) => {
   // The script takes no parameters, so its values are written as literals;
   // each is a number, and checked to be one.
   const literals = [task.id, now, task.claimedBy].map(String)
   if (!literals.every((literal) => /^\d+(\.\d+)?$/.test(literal))) {
-    return Effect.die(new Error(`task ${task.id} has a value that is not a number`))
+    throw new Error(`task ${task.id} has a value that is not a number`)
   }
   const [id, at, claimedBy] = literals
-  const script = [
+  return [
     ...(reset ? resetSession : []),
     "SET LOCAL synchronous_commit = off",
-    `UPDATE ${table.name} SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
-     WHERE id = ${id} AND state = 'TAKE' AND pid = ${claimedBy}
-     RETURNING set_config('pg_task.id', id::text, false)`
+    `WITH started AS (
+       UPDATE ${table.name} SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
+       WHERE id = ${id} AND state = 'TAKE' AND pid = ${claimedBy}
+       RETURNING set_config('pg_task.id', id::text, false)
+     )
+     SELECT pg_terminate_backend(pg_backend_pid()) WHERE NOT EXISTS (SELECT FROM started)`
   ].join(";\n")
-  return Effect.map(session.script(script), (results) => results.at(-1)!.length === 1)
 }
 
 /** Marks a remote task running, held by the worker's own backend. */

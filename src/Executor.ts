@@ -3,12 +3,12 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Deferred, Effect, FiberRef, LogLevel, Metric, Option, type Scope } from "effect"
+import { Cause, Effect, Exit, FiberRef, LogLevel, Metric, Option } from "effect"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 import { errors } from "./Output.js"
-import type { Finish, Ran, TargetStore, TaskSession } from "./Store.js"
+import type { Finish, Ran, StopSignal, TargetStore, TaskSession } from "./Store.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
 /** What a running task needs from its target's worker. */
@@ -18,15 +18,12 @@ export interface WorkerLink {
   /** Writes how a run ended; batched with other runs' ends. */
   readonly finish: (finish: Finish) => Effect.Effect<void, DatabaseError>
   /**
-   * The signal a user's STOP of the task completes, registered with the
-   * worker for as long as the scope lives, so that the worker's STOP checks
-   * see every running task, successors in a session included.
+   * Runs `use` with the signal a user's STOP of the task raises, registered
+   * with the worker meanwhile, so that the worker's STOP checks see every
+   * running task, successors in a session included.
    */
-  readonly watch: (id: string) => Effect.Effect<StopSignal, never, Scope.Scope>
+  readonly watch: <A, E>(id: string, use: (stop: StopSignal) => Effect.Effect<A, E>) => Effect.Effect<A, E>
 }
-
-/** Asks a running task to end early; completed by the worker when a user sets `STOP`. */
-export type StopSignal = Deferred.Deferred<void>
 
 /**
  * Runs a claimed task, and its successors for `count` and `live`, to the
@@ -37,34 +34,45 @@ export type StopSignal = Deferred.Deferred<void>
 export const execute = (link: WorkerLink, first: ClaimedTask) => {
   let current = first
   let holder: number | undefined
-  return Effect.gen(function*() {
-    if (first.remote !== null) return yield* Effect.scoped(runRemote(link, first))
-    const chain = { born: yield* link.clock.now, ran: 0 }
-    const session = yield* link.store.session
-    holder = session.pid
-    for (;;) {
-      chain.ran += 1
-      const { reusable, next } = yield* Effect.scoped(runLocal(link, session, current, chain))
-      if (next === undefined) {
-        // A broken session is thrown away; so is one that ran under `count`
-        // or `live`, which end with it: the group's next task gets a new one.
-        if (!reusable || first.count > 0 || first.live > 0) yield* link.store.discard(session)
-        return
+  const annotated = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.annotateLogs(effect, { task: current.id, group: current.group })
+  // The session goes back to the store for reuse only after a chain that
+  // left it clean; one that ran under `count` or `live` ends with it, and
+  // the group's next task gets a new one.
+  let reuse = false
+  const chain = (session: TaskSession) =>
+    Effect.gen(function*() {
+      holder = session.pid
+      const state = { born: yield* link.clock.now, ran: 0 }
+      for (;;) {
+        state.ran += 1
+        const { reusable, next } = yield* runLocal(link, session, current, state, annotated)
+        if (next === undefined) {
+          reuse = reusable && first.count <= 0 && first.live <= 0
+          return
+        }
+        current = next
       }
-      current = next
-    }
-  }).pipe(
-    Effect.scoped,
+    })
+  const run = first.remote !== null
+    ? runRemote(link, first, annotated)
+    : Effect.acquireUseRelease(
+      link.store.session,
+      chain,
+      (session, exit) => link.store.giveBack(session, reuse && Exit.isSuccess(exit))
+    )
+  return run.pipe(
     Effect.catchAllCause((cause) =>
       Cause.isInterruptedOnly(cause)
         ? Effect.void
-        : Effect.logWarning("a worker session failed; its task goes back to PLAN", cause).pipe(
+        : annotated(Effect.logWarning("a worker session failed; its task goes back to PLAN", cause)).pipe(
           Effect.zipRight(Effect.suspend(() => putBack(link, current, holder)))
         )
-    ),
-    Effect.annotateLogs({ task: first.id, group: first.group })
+    )
   )
 }
+
+type Annotate = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
 interface Chain {
   /** When the worker session started. */
@@ -89,29 +97,36 @@ const runLocal = (
   link: WorkerLink,
   session: TaskSession,
   task: ClaimedTask,
-  chain: Chain
-): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError, Scope.Scope> =>
-  Effect.gen(function*() {
-    const stop = yield* link.watch(task.id)
-    const startedAt = yield* link.clock.now
-    const started = yield* session.start(task, startedAt)
-    if (!started) return { reusable: true }
-    yield* countStart(link, task, startedAt)
-    const { outcome, clean, lost } = yield* withLimits(task, stop, session.run(task)).pipe(
-      Effect.onInterrupt(() => putBack(link, task, session.pid))
-    )
-    if (lost) {
-      yield* Effect.logWarning("the task's session was lost; the task goes back to PLAN")
-      yield* putBack(link, task, session.pid)
-      return { reusable: false }
-    }
-    const reusable = clean && session.isHealthy()
-    const stopped = yield* record(link, task, session.pid, outcome, startedAt)
-    const next = reusable && goesOn(task, chain, stopped)
-      ? yield* link.store.claimNext(stopped, task)
-      : undefined
-    return { reusable, next }
-  })
+  chain: Chain,
+  annotated: Annotate
+): Effect.Effect<{ reusable: boolean; next?: ClaimedTask | undefined }, DatabaseError> =>
+  link.watch(task.id, (stop) =>
+    Effect.gen(function*() {
+      const startedAt = yield* link.clock.now
+      const started = yield* session.start(task, startedAt)
+      if (!started) return { reusable: session.isHealthy() }
+      // A store that sends the start with the run learns only from the run
+      // that a claim was lost; such a start is counted all the same.
+      yield* countStart(link, task, startedAt)
+      const { outcome, clean, lost, started: began } = yield* withTimeout(task, session.run(task, stop)).pipe(
+        Effect.onInterrupt(() => putBack(link, task, session.pid))
+      )
+      if (began === false) {
+        yield* annotated(Effect.logDebug("the task's claim was lost before it started"))
+        return { reusable: false }
+      }
+      if (lost) {
+        yield* annotated(Effect.logWarning("the task's session was lost; the task goes back to PLAN"))
+        yield* putBack(link, task, session.pid)
+        return { reusable: false }
+      }
+      const reusable = clean && session.isHealthy()
+      const stopped = yield* record(link, task, session.pid, outcome, startedAt, annotated)
+      const next = reusable && goesOn(task, chain, stopped)
+        ? yield* link.store.claimNext(stopped, task)
+        : undefined
+      return { reusable, next }
+    }))
 
 /**
  * A task on another database. Its row is held by the worker's own backend,
@@ -119,22 +134,22 @@ const runLocal = (
  * it runs. Its timeout counts from before the connect, so a remote that
  * hangs cannot hold the task forever.
  */
-const runRemote = (link: WorkerLink, task: ClaimedTask) =>
-  Effect.gen(function*() {
-    const stop = yield* link.watch(task.id)
-    const now = yield* link.clock.now
-    const pid = yield* link.store.startRemote(task, now)
-    if (pid === undefined) return
-    yield* countStart(link, task, now)
-    const { outcome, lost } = yield* withLimits(task, stop, link.store.runRemote(task)).pipe(
-      Effect.onInterrupt(() => putBack(link, task))
-    )
-    if (lost) {
-      yield* Effect.logWarning("the connection to the remote was lost; the task goes back to PLAN")
-      return yield* putBack(link, task)
-    }
-    yield* record(link, task, pid, outcome, now)
-  })
+const runRemote = (link: WorkerLink, task: ClaimedTask, annotated: Annotate) =>
+  link.watch(task.id, (stop) =>
+    Effect.gen(function*() {
+      const now = yield* link.clock.now
+      const pid = yield* link.store.startRemote(task, now)
+      if (pid === undefined) return
+      yield* countStart(link, task, now)
+      const { outcome, lost } = yield* withTimeout(task, link.store.runRemote(task, stop)).pipe(
+        Effect.onInterrupt(() => putBack(link, task))
+      )
+      if (lost) {
+        yield* annotated(Effect.logWarning("the connection to the remote was lost; the task goes back to PLAN"))
+        return yield* putBack(link, task)
+      }
+      yield* record(link, task, pid, outcome, now, annotated)
+    }))
 
 /**
  * Gives a task back to `PLAN`, for this or another instance to run again:
@@ -149,19 +164,18 @@ const putBack = (link: WorkerLink, task: ClaimedTask, session?: number) =>
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 
 /**
- * Bounds a run by the task's timeout and by a user's STOP. Either one
- * interrupts the run, which cancels its query on the server.
+ * Bounds a run by the task's timeout, which interrupts the run and so
+ * cancels its query on the server. A user's STOP reaches the run through
+ * its signal instead: every task can be stopped, and a signal costs no
+ * fiber.
  */
-const withLimits = (task: ClaimedTask, stop: StopSignal, run: Effect.Effect<Ran>): Effect.Effect<Ran> => {
-  const stopped = Effect.as(Deferred.await(stop), { outcome: failed(errors.stopped), clean: false })
-  const timed = task.timeout !== null && task.timeout > 0
+const withTimeout = (task: ClaimedTask, run: Effect.Effect<Ran>): Effect.Effect<Ran> =>
+  task.timeout !== null && task.timeout > 0
     ? Effect.map(
       Effect.timeoutOption(run, task.timeout),
       Option.getOrElse(() => ({ outcome: failed(errors.timeout), clean: false }))
     )
     : run
-  return Effect.raceFirst(timed, stopped)
-}
 
 const metrics = (link: WorkerLink, task: ClaimedTask) => Metrics.forGroup(link.store.table.label, task.group)
 
@@ -171,7 +185,14 @@ const countStart = (link: WorkerLink, task: ClaimedTask, start: number) => {
 }
 
 /** Writes the outcome, with the repeat and delete that follow from it; returns when it ended. */
-const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outcome, start: number) =>
+const record = (
+  link: WorkerLink,
+  task: ClaimedTask,
+  pid: number,
+  outcome: Outcome,
+  start: number,
+  annotated: Annotate
+) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
     yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
@@ -182,7 +203,7 @@ const record = (link: WorkerLink, task: ClaimedTask, pid: number, outcome: Outco
     // Built only when debug logs are on: on a busy worker, a log line that
     // is then dropped still costs more than the metrics.
     if (LogLevel.greaterThanEqual(LogLevel.Debug, yield* FiberRef.get(FiberRef.currentMinimumLogLevel))) {
-      yield* Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state))
+      yield* annotated(Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state)))
     }
     return stop
   })

@@ -5,11 +5,13 @@
  * (`Script`), not SQL. Each target has a table of its own; a user's insert
  * or STOP wakes its worker, as the table's trigger does on a server.
  */
-import { Context, Effect, Layer, Pool, Queue } from "effect"
+import { Context, Effect, Layer, Queue } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import { describeTarget, type Target } from "./Config.js"
 import * as Script from "./Script.js"
-import { type Claimed, type Finish, type Held, Store, type TargetStore, type TaskSession, type Wake } from "./Store.js"
+import {
+  type Claimed, type Finish, type Held, stoppable, Store, type TargetStore, type TaskSession, type Wake
+} from "./Store.js"
 import type { ClaimedTask, State } from "./Task.js"
 
 /** A row of a task table, times in milliseconds since the epoch, intervals in milliseconds. */
@@ -274,25 +276,29 @@ const makeTables = (make: MakeTable) => Effect.sync(() => {
   })
 })
 
-const open = (memory: MemoryTable, target: Target) =>
+const open = (memory: MemoryTable) =>
   Effect.gen(function*() {
     const worker = yield* Effect.acquireRelease(Effect.sync(() => memory.spawn()), (pid) =>
       Effect.sync(() => memory.die(pid)))
-    const sessions = yield* Pool.make({
-      acquire: Effect.acquireRelease(
-        Effect.sync((): TaskSession => {
-          const pid = memory.spawn()
-          return {
-            pid,
-            start: (task, now) => Effect.sync(() => memory.start(task, now, pid)),
-            run: (task) => Script.run(task.input),
-            isHealthy: () => true
-          }
-        }),
-        (session) => Effect.sync(() => memory.die(session.pid))
-      ),
-      size: target.run
-    })
+    // Sessions are kept between tasks like the PostgreSQL store's, each a
+    // backend of its own that holds its tasks while it lives.
+    const idle: Array<TaskSession> = []
+    const lent = new Set<number>()
+    const spawn = (): TaskSession => {
+      const pid = memory.spawn()
+      return {
+        pid,
+        start: (task, now) => Effect.sync(() => memory.start(task, now, pid)),
+        run: (task, stop) => stoppable(Script.run(task.input), stop),
+        isHealthy: () => true
+      }
+    }
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const session of idle.splice(0)) memory.die(session.pid)
+        for (const pid of lent) memory.die(pid)
+      })
+    )
     const store: TargetStore = {
       table: memory.table,
       wakes: memory.wakes,
@@ -302,10 +308,19 @@ const open = (memory: MemoryTable, target: Target) =>
       release: (tasks) => Effect.sync(() => memory.release(tasks)),
       reset: Effect.sync(() => memory.reset()),
       stopped: (ids) => Effect.sync(() => memory.stopped(ids)),
-      session: Pool.get(sessions),
-      discard: (session) => Pool.invalidate(sessions, session),
+      session: Effect.sync(() => {
+        const session = idle.pop() ?? spawn()
+        lent.add(session.pid)
+        return session
+      }),
+      giveBack: (session, reuse) =>
+        Effect.sync(() => {
+          if (!lent.delete(session.pid)) return
+          if (reuse) idle.push(session)
+          else memory.die(session.pid)
+        }),
       startRemote: (task, now) => Effect.sync(() => memory.start(task, now, worker) ? worker : undefined),
-      runRemote: (task) => Script.run(task.input)
+      runRemote: (task, stop) => stoppable(Script.run(task.input), stop)
     }
     return store
   })
@@ -315,7 +330,7 @@ export const layerWith = (make: MakeTable): Layer.Layer<Store | MemoryTables> =>
   Layer.effect(
     Store,
     Effect.map(MemoryTables, (tables) =>
-      Store.of({ open: (target) => Effect.flatMap(tables.of(target), (memory) => open(memory, target)) }))
+      Store.of({ open: (target) => Effect.flatMap(tables.of(target), (memory) => open(memory)) }))
   ).pipe(Layer.provideMerge(Layer.effect(MemoryTables, makeTables(make))))
 
 /** The memory store and its tables. */

@@ -6,16 +6,19 @@
  * that loses the last of it re-runs those tasks, which at-least-once
  * allows. Tasks' own work keeps the server's setting.
  */
-import { Duration, Effect, Exit, Layer, Pool, Queue } from "effect"
+import { Effect, Exit, Layer, Queue } from "effect"
 import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { Target } from "./Config.js"
 import { Database } from "./Database.js"
 import * as Remotes from "./internal/remotes.js"
 import * as Session from "./internal/session.js"
+import * as SessionPool from "./internal/sessionPool.js"
 import { copiesWithClient, split } from "./internal/statements.js"
-import { formatError, formatOutput } from "./Output.js"
-import { Store, type Ran, type TaskSession, type TargetStore, type Wake } from "./Store.js"
+import { formatOutput } from "./Output.js"
+import {
+  type Ran, type StopSignal, stoppable, stoppedRun, Store, type TargetStore, type TaskSession, type Wake
+} from "./Store.js"
 import type { ClaimedTask, Outcome } from "./Task.js"
 
 export interface PgStoreOptions {
@@ -62,20 +65,15 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
     // (PostgreSQL 14 and later), so the tasks of a killed instance are
     // cancelled and can be reset instead of running on unseen.
     const checkClient = database.serverVersion >= 140000 ? "-c client_connection_check_interval=1000" : undefined
-    const interpret = options.interpret ?? runInput
-    // Idle sessions close after half an hour. The pool checks them on that
-    // period, so a shorter one would also wake it more often for nothing.
-    const sessions = yield* Pool.makeWithTTL({
-      acquire: Effect.gen(function*() {
+    const sessions = yield* SessionPool.make(
+      Effect.gen(function*() {
         const session = yield* Session.open({ ...config, options: checkClient }, "connect to the target")
         yield* Claimer.holdLiveLock(session)
-        return taskSession(session, table, interpret)
+        return taskSession(session, table, options.interpret)
       }),
-      min: 0,
-      max: target.run,
-      timeToLive: Duration.minutes(30),
-      timeToLiveStrategy: "usage"
-    })
+      (session) => session.pid,
+      (session) => session.isHealthy()
+    )
     const remotes = yield* Remotes.make
     const store: TargetStore = {
       table,
@@ -86,31 +84,47 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       release: (held) => book((s) => Effect.asVoid(Claimer.release(s, table, held))),
       reset: book((s) => Claimer.reset(s, table)),
       stopped: (ids) => book((s) => Claimer.stopped(s, table, ids)),
-      session: Pool.get(sessions),
-      discard: (session) => Pool.invalidate(sessions, session),
+      session: sessions.take,
+      giveBack: sessions.giveBack,
       startRemote: (task, now) =>
         book((s) => Effect.map(Claimer.startRemote(s, table, task, now), (started) => started ? s.pid : undefined)),
-      runRemote: (task) => runRemote(remotes, task)
+      runRemote: (task, stop) => runRemote(remotes, task, stop)
     }
     return store
   })
 
-/** A task session; after its first task, each start also resets what the last one left. */
+/**
+ * A task session. A start is not written on its own: it goes out with the
+ * task's run, in one write, and after the session's first task it also
+ * resets what the last one left. A session whose input is interpreted
+ * (simulations) writes the start at once, so that a task has started on
+ * the server when its start returns.
+ */
 const taskSession = (
   session: Session.Session,
   table: TaskTable,
-  interpret: (session: Session.Session, task: ClaimedTask) => Effect.Effect<Ran>
+  interpret: ((session: Session.Session, task: ClaimedTask) => Effect.Effect<Ran>) | undefined
 ): TaskSession => {
   let used = false
+  let start: string | undefined
   return {
     pid: session.pid,
     start: (task, now) =>
       Effect.suspend(() => {
-        const reset = used
+        start = Claimer.startScript(table, task, now, used)
         used = true
-        return Claimer.start(session, table, task, now, reset)
+        if (interpret === undefined) return Effect.succeed(true)
+        const script = start
+        start = undefined
+        return Effect.map(runInput(session, { ...task, input: "" }, script), (ran) => ran.lost !== true)
       }),
-    run: (task) => interpret(session, task),
+    run: (task, stop) =>
+      Effect.suspend(() => {
+        if (interpret !== undefined) return stoppable(interpret(session, task), stop)
+        const prelude = start
+        start = undefined
+        return runInput(session, task, prelude, stop)
+      }),
     isHealthy: session.isHealthy
   }
 }
@@ -118,23 +132,40 @@ const taskSession = (
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 
 /**
- * Runs the task's SQL, then ends whatever transaction it left open:
- * committed after success, rolled back after failure.
+ * Runs the task's SQL, after the `prelude` that starts it, then ends
+ * whatever transaction it left open: committed after success, rolled back
+ * after failure.
  */
-export const runInput = (session: Session.Session, task: ClaimedTask): Effect.Effect<Ran> =>
+export const runInput = (
+  session: Session.Session,
+  task: ClaimedTask,
+  prelude?: string,
+  stop?: StopSignal
+): Effect.Effect<Ran> =>
   Effect.gen(function*() {
-    if (split(task.input).some(copiesWithClient)) return yield* Effect.fail(Session.copyFailure)
-    const results = yield* session.run(task.input)
+    if (split(task.input).some(copiesWithClient)) {
+      yield* session.run("", prelude)
+      return yield* Effect.fail(Session.copyFailure)
+    }
+    const results = yield* session.run(task.input, prelude, stop)
     if (session.transactionStatus() !== "I") yield* session.run("COMMIT")
     return results
   }).pipe(
-    Effect.map((results): Outcome => ({ state: "DONE", output: formatOutput(results), error: null })),
-    Effect.map((outcome): Ran => ({ outcome, clean: true })),
+    Effect.map((results): Ran =>
+      stop?.stopped === true
+        ? stoppedRun
+        : { outcome: { state: "DONE", output: formatOutput(results), error: null }, clean: true }
+    ),
     Effect.catchAll((failure): Effect.Effect<Ran> => {
+      // A stopped run ends as stopped, however its query ended.
+      if (stop?.stopped === true && !failure.inPrelude) return Effect.succeed(stoppedRun)
       const outcome = failed(failure.error)
+      // A start that ended its session found its claim lost: nothing ran.
+      // One that failed otherwise let the SQL run without its row marked
+      // running, so the task runs again.
+      if (failure.inPrelude) return Effect.succeed({ outcome, clean: false, started: !failure.lost, lost: true })
       if (failure.lost) return Effect.succeed({ outcome, clean: false, lost: true })
-      // The server reports the transaction's state only after the error, so
-      // whatever the SQL left open is rolled back unasked.
+      if (session.transactionStatus() === "I") return Effect.succeed({ outcome, clean: true })
       return session.run("ROLLBACK").pipe(Effect.ignore, Effect.as({ outcome, clean: true }))
     })
   )
@@ -144,14 +175,12 @@ export const runInput = (session: Session.Session, task: ClaimedTask): Effect.Ef
  * left it clean. Connecting is part of the run, so the task's timeout
  * bounds a remote that hangs.
  */
-const runRemote = (remotes: Remotes.Remotes, task: ClaimedTask): Effect.Effect<Ran> =>
+const runRemote = (remotes: Remotes.Remotes, task: ClaimedTask, stop: StopSignal): Effect.Effect<Ran> =>
   Effect.gen(function*() {
     const lease = yield* remotes.lease(task.remote!)
     const { session } = lease
-    yield* session.query("SELECT set_config('pg_task.id', $1, false)", [task.id]).pipe(
-      Effect.mapError((error) => new Session.TaskFailure(formatError({ message: error.reason }), undefined, true))
-    )
-    const ran = yield* runInput(session, task)
+    if (!/^\d+$/.test(task.id)) return yield* Effect.die(new Error(`task id ${task.id} is not a number`))
+    const ran = yield* runInput(session, task, `SELECT set_config('pg_task.id', '${task.id}', false)`, stop)
     lease.reuse = ran.clean && session.isHealthy()
       && Exit.isSuccess(yield* Effect.exit(session.query("DISCARD ALL")))
     return ran

@@ -13,7 +13,7 @@ import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Executor from "./Executor.js"
 import * as Metrics from "./Metrics.js"
-import { type Finish, Store, type TargetStore, type Wake } from "./Store.js"
+import { type Finish, StopSignal, Store, type TargetStore, type Wake } from "./Store.js"
 import type { ClaimedTask } from "./Task.js"
 
 export interface SchedulerOptions {
@@ -172,15 +172,16 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Wake>) =>
       for (const [, done] of batch) yield* Deferred.done(done, written)
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
-    const stops = new Map<string, Executor.StopSignal>()
+    const stops = new Map<string, StopSignal>()
     const link: Executor.WorkerLink = {
       store,
       clock: yield* Clock,
-      watch: (id) =>
-        Effect.acquireRelease(
-          Effect.tap(Deferred.make<void>(), (stop) => Effect.sync(() => stops.set(id, stop))),
-          () => Effect.sync(() => stops.delete(id))
-        ),
+      watch: (id, use) =>
+        Effect.suspend(() => {
+          const stop = new StopSignal()
+          stops.set(id, stop)
+          return Effect.ensuring(use(stop), Effect.sync(() => stops.delete(id)))
+        }),
       finish: (finish) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
           Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
@@ -247,8 +248,7 @@ const work = (
     const stopRequested = Effect.gen(function*() {
       if (stops.size === 0) return
       for (const id of yield* store.stopped([...stops.keys()])) {
-        const stop = stops.get(id)
-        if (stop !== undefined) yield* Deferred.succeed(stop, undefined)
+        stops.get(id)?.stop()
       }
     })
     // Claimed tasks waiting for a session. A claim takes up to `run` more

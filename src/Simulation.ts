@@ -154,7 +154,7 @@ const watch = (watched: Watched, store: TargetStore): TargetStore => {
       ...session,
       start: (task, now) => counted(session.start(task, now))
     })),
-    discard: (session) => counted(store.discard(session)),
+    giveBack: (session, reuse) => counted(store.giveBack(session, reuse)),
     startRemote: (task, now) => counted(store.startRemote(task, now))
   }
 }

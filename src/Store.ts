@@ -5,10 +5,11 @@
  * over any store: the PostgreSQL one in production (`PgStore`), an
  * in-memory one for simulations (`MemoryStore`).
  */
-import { Context, type Effect, type Queue, type Scope } from "effect"
+import { Context, Effect, type Queue, type Scope } from "effect"
 import type { TaskTable } from "./Bootstrap.js"
 import type { Target } from "./Config.js"
 import type { DatabaseError, TargetError } from "./Errors.js"
+import { errors } from "./Output.js"
 import type { ClaimedTask, Outcome } from "./Task.js"
 
 /** What wakes a worker before its poll interval ends. */
@@ -53,7 +54,58 @@ export interface Ran {
    * reason that is not its own.
    */
   readonly lost?: boolean
+  /**
+   * False when the task never began: its claim was lost before the start,
+   * which a store may send together with the run.
+   */
+  readonly started?: boolean
 }
+
+/**
+ * A user's STOP of a running task, as the worker passes it on: the run it
+ * reaches is cut short. A plain callback rather than a fiber, since every
+ * task has one and most are never stopped.
+ */
+export class StopSignal {
+  private listener: (() => void) | undefined
+  private requested = false
+
+  get stopped() {
+    return this.requested
+  }
+
+  /** Stops the task: the listener, if any, is called once. */
+  stop() {
+    if (this.requested) return
+    this.requested = true
+    this.listener?.()
+  }
+
+  /** Calls `listener` when the task is stopped, at once if it is already; returns what unregisters it. */
+  onStop(listener: () => void): () => void {
+    if (this.requested) {
+      listener()
+      return () => {}
+    }
+    this.listener = listener
+    return () => {
+      if (this.listener === listener) this.listener = undefined
+    }
+  }
+
+  /** Completes when the task is stopped. */
+  readonly await: Effect.Effect<void> = Effect.async((resume) => {
+    const off = this.onStop(() => resume(Effect.void))
+    return Effect.sync(off)
+  })
+}
+
+/** How a stopped run ends: `FAIL` with the error PostgreSQL gives a cancelled statement. */
+export const stoppedRun: Ran = { outcome: { state: "FAIL", output: null, error: errors.stopped }, clean: false }
+
+/** Bounds a run that is an effect by a user's STOP, for stores that cannot cancel through a callback. */
+export const stoppable = (run: Effect.Effect<Ran>, stop: StopSignal): Effect.Effect<Ran> =>
+  stop.stopped ? Effect.succeed(stoppedRun) : Effect.raceFirst(run, Effect.as(stop.await, stoppedRun))
 
 /** A session that runs tasks, one at a time, as the target's role. */
 export interface TaskSession {
@@ -61,11 +113,13 @@ export interface TaskSession {
   readonly pid: number
   /**
    * Marks a claimed task running on this session, first resetting whatever
-   * an earlier task left in it. False when the claim was lost meanwhile.
+   * an earlier task left in it. False when the claim was lost meanwhile. A
+   * store may instead send the start with the run, which then tells
+   * through `started` whether the task began.
    */
   readonly start: (task: ClaimedTask, now: number) => Effect.Effect<boolean, DatabaseError>
-  /** Runs the task's input to its end; interrupting it cancels the run. */
-  readonly run: (task: ClaimedTask) => Effect.Effect<Ran>
+  /** Runs the task's input to its end; `stop` or interrupting it cancels the run. */
+  readonly run: (task: ClaimedTask, stop: StopSignal) => Effect.Effect<Ran>
   /** False once the session is broken and must not run another task. */
   readonly isHealthy: () => boolean
 }
@@ -99,14 +153,14 @@ export interface TargetStore {
   readonly reset: Effect.Effect<ReadonlyArray<string>, DatabaseError>
   /** Which of these tasks a user has set to `STOP`. */
   readonly stopped: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>, DatabaseError>
-  /** A session for a local task, back to the store's pool when the scope closes. */
-  readonly session: Effect.Effect<TaskSession, DatabaseError, Scope.Scope>
-  /** Throws a session away instead of keeping it for the next task. */
-  readonly discard: (session: TaskSession) => Effect.Effect<void, never, Scope.Scope>
+  /** A session for local tasks, to be given back with `giveBack`. */
+  readonly session: Effect.Effect<TaskSession, DatabaseError>
+  /** Gives a session back: kept for the next task when `reuse`, else closed. */
+  readonly giveBack: (session: TaskSession, reuse: boolean) => Effect.Effect<void>
   /** Marks a remote task running, held by the worker; the holder, or undefined when the claim was lost. */
   readonly startRemote: (task: ClaimedTask, now: number) => Effect.Effect<number | undefined, DatabaseError>
-  /** Runs a remote task's input on its remote; interrupting it cancels the run. */
-  readonly runRemote: (task: ClaimedTask) => Effect.Effect<Ran>
+  /** Runs a remote task's input on its remote; `stop` or interrupting it cancels the run. */
+  readonly runRemote: (task: ClaimedTask, stop: StopSignal) => Effect.Effect<Ran>
 }
 
 export interface StoreService {

@@ -10,6 +10,7 @@ import Pg from "pg"
 import { DatabaseError } from "../Errors.js"
 import { formatError, type StatementResult } from "../Output.js"
 import { redact } from "../Conninfo.js"
+import type { StopSignal } from "../Store.js"
 
 export interface Session {
   /** The backend process id, as `pg_backend_pid()` gives it. */
@@ -26,10 +27,17 @@ export interface Session {
   ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
   /**
    * Runs a task's SQL: one or more statements in the simple protocol.
-   * Interrupting it cancels the query on the server and waits until the
+   * A `prelude`, a script of the worker's own, is written ahead of it in
+   * the same write and runs first, as a message of its own, so that the
+   * task's statements stay alone in theirs. Interrupting it, or `stop`,
+   * cancels the query on the server; an interrupted run waits until the
    * backend is idle again.
    */
-  readonly run: (text: string) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
+  readonly run: (
+    text: string,
+    prelude?: string,
+    stop?: StopSignal
+  ) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
   /** False once the connection broke; such a session is closed, never reused. */
   readonly isHealthy: () => boolean
   /**
@@ -50,7 +58,9 @@ export class TaskFailure {
     readonly error: string,
     readonly code?: string,
     /** The session itself was lost (terminated, server gone), not the SQL at fault. */
-    readonly lost = false
+    readonly lost = false,
+    /** The prelude failed: the task's own SQL did not run if the session was lost with it. */
+    readonly inPrelude = false
   ) {}
 }
 
@@ -74,21 +84,21 @@ export const open = (
   const connect = Effect.tryPromise({
     try: async (signal) => {
       const client = new Pg.Client(config)
-      let healthy = true
+      const health = { healthy: true }
       // A broken socket is reported here and by the failing query; without
       // a listener the error would end the process.
       client.on("error", () => {
-        healthy = false
+        health.healthy = false
       })
       client.on("end", () => {
-        healthy = false
+        health.healthy = false
       })
       // An interrupted connect drops the socket at once: a server that
       // never answers would also never finish a polite goodbye.
       signal.addEventListener("abort", () => (client as unknown as Connected).connection.stream.destroy())
       await client.connect()
       coalesceWrites(client)
-      return { client, isHealthy: () => healthy }
+      return { client, health }
     },
     catch: databaseError(purpose)
   })
@@ -100,7 +110,7 @@ export const open = (
       restore(connect),
       ({ client }) => Effect.addFinalizer(() => Effect.promise(() => client.end().catch(() => undefined)))
     )
-  ).pipe(Effect.map(({ client, isHealthy }) => make(client, config, isHealthy)))
+  ).pipe(Effect.map(({ client, health }) => make(client, config, health)))
 }
 
 /**
@@ -133,9 +143,9 @@ const coalesceWrites = (client: Pg.Client) => {
   }
 }
 
-const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boolean): Session => ({
+const make = (client: Pg.Client, config: Pg.ClientConfig, health: { healthy: boolean }): Session => ({
   pid: (client as unknown as { processID: number }).processID,
-  isHealthy,
+  isHealthy: () => health.healthy,
   onNotification: (listener) => void client.on("notification", listener),
   query: <A>(text: string, params: ReadonlyArray<unknown> = [], name?: string) =>
     Effect.tryPromise({
@@ -144,7 +154,12 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boole
           .then((result) => result.rows as ReadonlyArray<A>),
       catch: databaseError("query")
     }),
-  run: (text) => runTask(client, config, text),
+  // A session lost under a task is broken at once, before its socket says so.
+  run: (text, prelude, stop) =>
+    Effect.tapError(runTask(client, config, text, prelude, stop), (failure) =>
+      Effect.sync(() => {
+        if (failure.lost) health.healthy = false
+      })),
   script: (text) =>
     Effect.tryPromise({
       try: () =>
@@ -157,20 +172,28 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, isHealthy: () => boole
   transactionStatus: () => client.getTransactionStatus()
 })
 
-const runTask = (client: Pg.Client, config: Pg.ClientConfig, text: string) =>
+const runTask = (
+  client: Pg.Client,
+  config: Pg.ClientConfig,
+  text: string,
+  prelude: string | undefined,
+  stop: StopSignal | undefined
+) =>
   Effect.async<ReadonlyArray<StatementResult>, TaskFailure>((resume) => {
     let finished = false
     const waiters: Array<() => void> = []
-    const query = new TaskQuery(text, (outcome) => {
+    const query = new TaskQuery(text, prelude, client as unknown as Driven, (outcome) => {
       finished = true
+      unwatch()
       waiters.splice(0).forEach((wake) => wake())
       resume(Either.isRight(outcome) ? Effect.succeed(outcome.right) : Effect.fail(outcome.left))
     }, () => cancel(client, config))
     client.query(query as unknown as Pg.QueryConfig)
+    const unwatch = stop === undefined ? () => {} : stop.onStop(() => query.cancel())
     return Effect.async<void>((done) => {
       if (finished) return done(Effect.void)
       waiters.push(() => done(Effect.void))
-      cancel(client, config)
+      query.cancel()
     })
   })
 
@@ -203,9 +226,26 @@ interface ServerMessage {
 }
 
 /**
+ * What of node-postgres' client a query spanning several messages touches:
+ * the client hands the next server message to its active query, and sends
+ * nothing else while `readyForQuery` is false.
+ */
+interface Driven {
+  _activeQuery: unknown
+  readyForQuery: boolean
+  getTransactionStatus(): string | null
+}
+
+/**
  * A query object that node-postgres drives message by message. It keeps each
  * statement's command tag whole (`INSERT 0 1`, `CREATE TABLE`) and each value
  * as the text the server sent, with no type parsing in between.
+ *
+ * With a prelude it sends two Query messages in one write and stays the
+ * client's active query until the second one's ReadyForQuery: the client
+ * gives up its active query at every ReadyForQuery and after every error,
+ * so the query takes that place back while a message of its own is still
+ * to be answered. The prelude's rows are not kept.
  */
 class TaskQuery {
   private readonly results: Array<StatementResult> = []
@@ -213,27 +253,52 @@ class TaskQuery {
   private rows: Array<ReadonlyArray<string | null>> = []
   private copyRefused = false
   private done = false
+  /** Whether the prelude's answer is still to come. */
+  private inPrelude: boolean
+  private preludeFailure: TaskFailure | undefined
+  private failure: TaskFailure | undefined
+  private cancelled = false
 
   constructor(
     readonly text: string,
+    private readonly prelude: string | undefined,
+    private readonly client: Driven,
     private readonly finish: (outcome: Outcome) => void,
     private readonly cancelQuery: () => void
-  ) {}
+  ) {
+    this.inPrelude = prelude !== undefined
+  }
 
   submit(connection: { query: (text: string) => void }) {
+    if (this.prelude !== undefined) connection.query(this.prelude)
     connection.query(this.text)
   }
 
+  /** Cancels the run; a cancel that reaches the prelude is sent again for the task's SQL. */
+  cancel() {
+    this.cancelled = true
+    this.cancelQuery()
+  }
+
+  /** Stays the client's active query until the last ReadyForQuery. */
+  private keepActive() {
+    this.client._activeQuery = this
+    this.client.readyForQuery = false
+  }
+
   handleRowDescription(message: ServerMessage) {
+    if (this.inPrelude) return
     this.columns = message.fields.map((field) => field.name)
     this.rows = []
   }
 
   handleDataRow(message: { fields: ReadonlyArray<string | null> }) {
+    if (this.inPrelude) return
     this.rows.push(message.fields)
   }
 
   handleCommandComplete(message: { text: string }) {
+    if (this.inPrelude) return
     if (this.columns !== undefined) {
       this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
       this.columns = undefined
@@ -262,23 +327,40 @@ class TaskQuery {
   }
 
   handleError(error: unknown) {
-    if (this.copyRefused) return this.end(Either.left(copyFailure))
     const server = error as Partial<Pg.DatabaseError>
     if (typeof server.severity !== "string") {
       // No answer from the server: the connection broke under the task.
-      return this.end(Either.left(new TaskFailure(formatError({ message: describeCause(error) }), undefined, true)))
+      const failure = new TaskFailure(formatError({ message: describeCause(error) }), undefined, true)
+      return this.end(Either.left(this.preludeFailure ?? failure))
     }
-    const text = formatError({
-      severity: server.severity,
-      message: server.message ?? "",
-      detail: server.detail,
-      hint: server.hint,
-      where: server.where
-    })
-    this.end(Either.left(new TaskFailure(text, server.code, losesSession(server.code))))
+    const failure = new TaskFailure(
+      formatError({
+        severity: server.severity,
+        message: server.message ?? "",
+        detail: server.detail,
+        hint: server.hint,
+        where: server.where
+      }),
+      server.code,
+      losesSession(server.code),
+      this.inPrelude
+    )
+    if (failure.lost) return this.end(Either.left(this.preludeFailure ?? failure))
+    if (this.inPrelude) this.preludeFailure = failure
+    else this.failure ??= this.copyRefused ? copyFailure : failure
+    // A ReadyForQuery follows every error; it tells whether a transaction is left.
+    this.keepActive()
   }
 
   handleReadyForQuery() {
+    if (this.inPrelude) {
+      this.inPrelude = false
+      this.keepActive()
+      if (this.cancelled) this.cancelQuery()
+      return
+    }
+    if (this.preludeFailure !== undefined) return this.end(Either.left(this.preludeFailure))
+    if (this.failure !== undefined) return this.end(Either.left(this.failure))
     this.end(this.copyRefused ? Either.left(copyFailure) : Either.right(this.results))
   }
 

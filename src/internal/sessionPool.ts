@@ -1,0 +1,76 @@
+/**
+ * Task sessions kept open between tasks. Taking one and giving it back are
+ * on every task's path, so the pool is a plain list rather than a pool with
+ * a scope per loan. It sets no limit of its own: a worker never runs more
+ * tasks at once than its target's `run`, nor asks for more sessions.
+ */
+import { Clock, Duration, Effect, ExecutionStrategy, Exit, Scope } from "effect"
+
+interface Kept<S> {
+  readonly session: S
+  readonly scope: Scope.CloseableScope
+  idleSince: number
+}
+
+export interface SessionPool<S, E> {
+  /** An idle session, or a new one. */
+  readonly take: Effect.Effect<S, E>
+  /** Keeps the session for the next task when `reuse`, else closes it. */
+  readonly giveBack: (session: S, reuse: boolean) => Effect.Effect<void>
+}
+
+/** Idle sessions close after this long; the pool checks them on the same period. */
+const idleLife = Duration.minutes(30)
+
+/**
+ * A pool of sessions made by `open`, each in a scope of its own under the
+ * pool's, so that closing the pool's scope closes every session. Sessions
+ * are known by `key` (their backend pid), so that a caller may wrap them.
+ */
+export const make = <S, E>(
+  open: Effect.Effect<S, E, Scope.Scope>,
+  key: (session: S) => number,
+  healthy: (session: S) => boolean
+): Effect.Effect<SessionPool<S, E>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    // The sessions' scopes hang under one made now, so that they close
+    // where the pool stands among its scope's finalizers: after whatever
+    // was opened later and may still use a session, such as running tasks.
+    const parent = yield* Effect.flatMap(Effect.scope, (scope) => Scope.fork(scope, ExecutionStrategy.sequential))
+    const idle: Array<Kept<S>> = []
+    const lent = new Map<number, Scope.CloseableScope>()
+    const close = (scope: Scope.CloseableScope) => Scope.close(scope, Exit.void)
+
+    const take = Effect.suspend((): Effect.Effect<S, E> => {
+      const kept = idle.pop()
+      if (kept !== undefined) {
+        lent.set(key(kept.session), kept.scope)
+        return Effect.succeed(kept.session)
+      }
+      return Effect.flatMap(Scope.fork(parent, ExecutionStrategy.sequential), (scope) =>
+        Scope.extend(open, scope).pipe(
+          Effect.tap((session) => Effect.sync(() => lent.set(key(session), scope))),
+          Effect.onError(() => close(scope))
+        ))
+    })
+
+    const giveBack = (session: S, reuse: boolean) =>
+      Effect.suspend(() => {
+        const scope = lent.get(key(session))
+        if (scope === undefined) return Effect.void
+        lent.delete(key(session))
+        if (!reuse || !healthy(session)) return close(scope)
+        return Effect.map(Clock.currentTimeMillis, (now) => {
+          idle.push({ session, scope, idleSince: now })
+        })
+      })
+
+    yield* Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const old = idle.filter((kept) => now - kept.idleSince >= Duration.toMillis(idleLife))
+      idle.splice(0, idle.length, ...idle.filter((kept) => !old.includes(kept)))
+      yield* Effect.forEach(old, (kept) => close(kept.scope), { discard: true })
+    }).pipe(Effect.delay(idleLife), Effect.forever, Effect.forkScoped)
+
+    return { take, giveBack }
+  })
