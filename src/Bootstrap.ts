@@ -7,7 +7,7 @@
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import Pg from "pg"
 import { describeTarget, type Target } from "./Config.js"
 import { TargetError } from "./Errors.js"

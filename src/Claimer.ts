@@ -10,7 +10,7 @@
  * worker and goes back to `PLAN`. A task is never reset for running long,
  * only for having lost its session.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import Pg from "pg"
 import type { TaskTable } from "./Bootstrap.js"
 import type { Session } from "./internal/session.js"

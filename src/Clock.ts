@@ -5,7 +5,13 @@
  * a host whose clock is off does not run tasks early or late; in tests it is
  * Effect's `TestClock`, so hours of schedule pass in milliseconds.
  */
-import { Clock as EffectClock, Context, Duration, Effect, Layer, Ref, Schedule } from "effect"
+import * as EffectClock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
 import { Database } from "./Database.js"
 
 export interface ClockService {

@@ -5,7 +5,11 @@
  * the later winning: built-in defaults, the server's own settings, the
  * environment, and command-line flags.
  */
-import { Context, Effect, Either, Layer, Schema } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
 import { ConfigError } from "./Errors.js"
 
 /** One task table, and how often its worker looks at it. */

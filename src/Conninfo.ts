@@ -34,7 +34,9 @@
  *
  * Error messages never contain the connection string nor the password.
  */
-import { Data, Either, Redacted } from "effect"
+import * as Data from "effect/Data"
+import * as Either from "effect/Either"
+import * as Redacted from "effect/Redacted"
 import { isIP } from "node:net"
 import type { ClientConfig } from "pg"
 import { parse as parseUrl } from "pg-connection-string"

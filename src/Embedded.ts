@@ -5,7 +5,8 @@
  * trying pg-task out and testing; give a real server with `--url` for
  * anything else.
  */
-import { Data, Effect } from "effect"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"

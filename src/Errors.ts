@@ -2,7 +2,7 @@
  * The failures a caller of pg-task can react to. Each carries the data that
  * names what went wrong; messages never contain a password.
  */
-import { Data } from "effect"
+import * as Data from "effect/Data"
 
 /** A setting is missing, malformed or out of range. */
 export class ConfigError extends Data.TaggedError("ConfigError")<{

@@ -3,7 +3,13 @@
  * ended, and, for a task with `count` or `live`, goes on with the next due
  * task of its group without going back through the dispatcher.
  */
-import { Cause, Effect, Exit, FiberRef, LogLevel, Metric, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as LogLevel from "effect/LogLevel"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"

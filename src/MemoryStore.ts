@@ -5,7 +5,10 @@
  * (`Script`), not SQL. Each target has a table of its own; a user's insert
  * or STOP wakes its worker, as the table's trigger does on a server.
  */
-import { Context, Effect, Layer, Queue } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
 import type { TaskTable } from "./Bootstrap.js"
 import { describeTarget, type Target } from "./Config.js"
 import * as Script from "./Script.js"

@@ -2,7 +2,14 @@
  * What pg-task counts, as Effect metrics, and the Prometheus text of them.
  * Every metric is tagged with its target and, where it applies, the group.
  */
-import { Effect, Metric, MetricBoundaries, MetricKey, MetricLabel, MetricKeyType, MetricState, Option } from "effect"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
+import * as MetricKeyType from "effect/MetricKeyType"
+import * as MetricState from "effect/MetricState"
+import * as Option from "effect/Option"
 
 const seconds = MetricBoundaries.exponential({ start: 0.001, factor: 4, count: 10 })
 

@@ -3,7 +3,9 @@
  * 200 while every target's worker is up, 503 with the reasons otherwise.
  * It listens on 127.0.0.1 unless told otherwise.
  */
-import { Effect, Layer, Runtime } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Runtime from "effect/Runtime"
 import * as http from "node:http"
 import * as Metrics from "./Metrics.js"
 import { Scheduler } from "./Scheduler.js"

@@ -6,7 +6,10 @@
  * that loses the last of it re-runs those tasks, which at-least-once
  * allows. Tasks' own work keeps the server's setting.
  */
-import { Effect, Exit, Layer, Queue } from "effect"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
 import { ensureDatabase, ensureTable, quote, type TaskTable } from "./Bootstrap.js"
 import * as Claimer from "./Claimer.js"
 import type { Target } from "./Config.js"

@@ -4,7 +4,9 @@
  * claiming, lets running tasks finish within the shutdown timeout, then
  * cancels the rest and puts them back to `PLAN`.
  */
-import { type Config, Effect, Layer } from "effect"
+import type * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { Clock } from "./Clock.js"
 import { fromEnvironment, PgTaskConfig, type RawSettings, settingNames, type Source } from "./Config.js"
 import { Database, type DatabaseOptions } from "./Database.js"

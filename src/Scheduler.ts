@@ -4,9 +4,18 @@
  * its own. A target that fails is logged and started again with backoff;
  * the others carry on.
  */
-import {
-  Cause, Context, Deferred, Duration, Effect, Exit, Fiber, FiberMap, Layer, Metric, Queue, Ref
-} from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberMap from "effect/FiberMap"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Queue from "effect/Queue"
+import * as Ref from "effect/Ref"
 import type { TaskTable } from "./Bootstrap.js"
 import { Clock } from "./Clock.js"
 import { describeTarget, PgTaskConfig, type Target } from "./Config.js"

@@ -17,7 +17,7 @@
  * rows does; anything else is a syntax error, reported the way PostgreSQL
  * reports one.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { formatError } from "./Output.js"
 import type { Ran } from "./Store.js"
 

@@ -13,7 +13,13 @@
  * step waits until the scheduler has nothing on its way to the store, so
  * that every decision is taken at the virtual instant it belongs to.
  */
-import { Context, Duration, Effect, Layer, Queue, type Scope, TestClock } from "effect"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
+import * as TestClock from "effect/TestClock"
 import * as FiberScheduler from "effect/Scheduler"
 import type { TaskTable } from "./Bootstrap.js"
 import { Clock } from "./Clock.js"

@@ -3,7 +3,7 @@
  * each target's table, `pg-task check` says whether pg-task could run.
  * Both connect as each target's role, as the scheduler does.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { quote, requiredColumns } from "./Bootstrap.js"
 import { describeTarget, PgTaskConfig, type Target } from "./Config.js"
 import { Database } from "./Database.js"

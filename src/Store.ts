@@ -5,7 +5,10 @@
  * over any store: the PostgreSQL one in production (`PgStore`), an
  * in-memory one for simulations (`MemoryStore`).
  */
-import { Context, Effect, type Queue, type Scope } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import type * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
 import type { TaskTable } from "./Bootstrap.js"
 import type { Target } from "./Config.js"
 import type { DatabaseError, TargetError } from "./Errors.js"

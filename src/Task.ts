@@ -1,7 +1,7 @@
 /**
  * The task row and the rules that follow from it alone.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 export const State = Schema.Literal("PLAN", "TAKE", "WORK", "DONE", "FAIL", "STOP")
 export type State = typeof State.Type

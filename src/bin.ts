@@ -2,11 +2,19 @@
  * The `pg-task` binary: flags, then layers, then run until a signal.
  * `pg-task status` and `pg-task check` serve the operator.
  */
-import { Command, Options } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Layer, Logger, Option, Redacted } from "effect"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as v8 from "node:v8"
 import type { RawSettings } from "./Config.js"
 import { Database } from "./Database.js"
 import * as Embedded from "./Embedded.js"
@@ -172,6 +180,21 @@ const exitOnSecondSignal = () => {
   process.on("SIGTERM", onSignal)
 }
 
+/**
+ * V8 lets the old generation grow to about four times what survived its last full collection
+ * before it collects again: while tasks stream through, the promoted garbage of short-lived
+ * task state took the binary from 100 MiB to 220 MiB. Growing by half instead keeps it near
+ * 135 MiB at the same throughput. It is a pace, not a limit: a task with a large output still
+ * gets the memory it needs. An operator's own `--heap-growing-percent` wins.
+ */
+const collectSooner = () => {
+  const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)]
+  if (!given.some((flag) => flag.startsWith("--heap-growing-percent"))) {
+    v8.setFlagsFromString("--heap-growing-percent=50")
+  }
+}
+
+collectSooner()
 exitOnSecondSignal()
 cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),

@@ -4,7 +4,11 @@
  * interruptible, so a task's timeout or a STOP cuts a hung connect short;
  * a pool that waits for its connections could not be interrupted there.
  */
-import { Clock, Effect, ExecutionStrategy, Exit, Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import * as Conninfo from "../Conninfo.js"
 import { formatError } from "../Output.js"
 import * as Session from "./session.js"

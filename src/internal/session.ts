@@ -4,7 +4,9 @@
  * without borrowing another connection, every statement's command tag, and
  * values in PostgreSQL's own text form.
  */
-import { Effect, Either, Scope } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Scope from "effect/Scope"
 import * as net from "node:net"
 import Pg from "pg"
 import { DatabaseError } from "../Errors.js"

@@ -4,7 +4,12 @@
  * a scope per loan. It sets no limit of its own: a worker never runs more
  * tasks at once than its target's `run`, nor asks for more sessions.
  */
-import { Clock, Duration, Effect, ExecutionStrategy, Exit, Scope } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 
 interface Kept<S> {
   readonly session: S

@@ -4,7 +4,9 @@
  * and leaves waiting for the fibers it woke to whoever moves it. A sleep
  * that is interrupted leaves no timer behind.
  */
-import { Clock, Duration, Effect } from "effect"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 
 interface Timer {
   readonly at: number
