@@ -163,13 +163,16 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
     }
   })
 
+/** What wakes a worker: its store's wake-ups, and its own timer. */
+type Reason = Wake | "TIMER"
+
 /**
  * What running tasks share with their worker: the store, and a writer that
  * sends the ends of runs together: whatever piled up while the last write
  * was on its way goes out in the next. A write that planned repeats wakes
  * the worker through `wake`, so it need not wait for the table's trigger.
  */
-const makeLink = (store: TargetStore, wake: Queue.Enqueue<Wake>) =>
+const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
   Effect.gen(function*() {
     type Pending = readonly [Finish, Deferred.Deferred<void, DatabaseError>]
     const finishes = yield* Queue.unbounded<Pending>()
@@ -211,9 +214,12 @@ const work = (
     const clock = yield* Clock
     const store = yield* Effect.flatMap(Store, (stores) => stores.open(target))
     const { table, wakes } = store
-    // The worker's own wake-ups: a task ended, a repeat was planned.
-    const ends = yield* Queue.dropping<Wake>(64)
-    const { link, stops } = yield* makeLink(store, ends)
+    // Everything that wakes the worker comes through one queue: the table's
+    // notifications, the ends of tasks, repeats it wrote, its timer and the
+    // shutdown. Waiting on one queue costs no fibers, where a race of the
+    // sources forked one a source on every wake-up.
+    const reasons = yield* Queue.unbounded<Reason>()
+    const { link, stops } = yield* makeLink(store, reasons)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     /** Puts back the tasks of dead workers; how many. */
     const reset = Effect.flatMap(store.reset, (ids) =>
@@ -230,6 +236,8 @@ const work = (
     )
     yield* Deferred.succeed(ready, table)
     yield* up
+    yield* Queue.take(wakes).pipe(Effect.flatMap((wake) => Queue.offer(reasons, wake)), Effect.forever, Effect.forkScoped)
+    yield* Deferred.await(shutdown).pipe(Effect.zipRight(Queue.offer(reasons, "END")), Effect.forkScoped)
     const runningGauge = Metrics.tasksRunning(table.label)
     running.onChange = (n) => runningGauge.unsafeUpdate(n, [])
     const fibers = yield* FiberMap.make<string>()
@@ -251,7 +259,7 @@ const work = (
         yield* FiberMap.run(
           fibers,
           task.id,
-          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(ends, "END")))
+          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(reasons, "END")))
         )
       })
     const stopRequested = Effect.gen(function*() {
@@ -299,27 +307,22 @@ const work = (
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
       // A timer is kept for as long as its deadline holds, rather than made
-      // anew on every wake-up. A plan already past is no deadline: its task
-      // waits for a session, and the end of a task wakes the worker.
+      // anew on every wake-up; one that fired has a deadline now past, so it
+      // is replaced. A plan already past is no deadline: its task waits for
+      // a session, and the end of a task wakes the worker.
       const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
       const deadline = Math.min(now + target.timeout, planned)
       if (timer?.at !== deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
-        timer = { at: deadline, fiber: yield* Effect.forkScoped(clock.sleepUntil(deadline)) }
+        const ring = Effect.zipRight(clock.sleepUntil(deadline), Effect.asVoid(Queue.offer(reasons, "TIMER")))
+        timer = { at: deadline, fiber: yield* Effect.forkScoped(ring) }
       }
-      const woken = yield* Effect.raceAll([
-        Queue.take(wakes),
-        Queue.take(ends),
-        Effect.as(Fiber.join(timer.fiber), "TIMER" as const),
-        stopping ? Effect.never : Effect.as(Deferred.await(shutdown), "END" as const)
-      ])
-      if (woken === "TIMER") timer = undefined
-      const reasons = [woken, ...(yield* Queue.takeAll(wakes)), ...(yield* Queue.takeAll(ends))]
+      const woken = [yield* Queue.take(reasons), ...(yield* Queue.takeAll(reasons))]
       // A notification or the poll interval may mean new due tasks; a task
       // that ended frees a session, and a group slot for due tasks that their
       // group held back. Running tasks are checked for STOP when a
       // notification says so, and on the poll interval in case one was missed.
-      mayFindMore ||= dueLeft || reasons.some((reason) => reason !== "END")
-      checkStops = reasons.some((reason) => reason === "TIMER" || reason === "STOP")
+      mayFindMore ||= dueLeft || woken.some((reason) => reason !== "END")
+      checkStops = woken.some((reason) => reason === "TIMER" || reason === "STOP")
     }
   })
