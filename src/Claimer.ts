@@ -197,38 +197,28 @@ export const claimNext = (session: Session, table: TaskTable, now: number, after
   )
 
 /**
- * What `DISCARD ALL` does, less what it cannot do inside a transaction, so
- * it can share a round trip with the next task's start. The liveness lock
- * that `pg_advisory_unlock_all` drops is taken again at once; the session
- * holds no row at that moment, since its last task was finished first.
- */
-const resetSession = [
-  "CLOSE ALL",
-  "SET SESSION AUTHORIZATION DEFAULT",
-  "RESET ALL",
-  "DEALLOCATE ALL",
-  "UNLISTEN *",
-  "SELECT pg_advisory_unlock_all()",
-  "DISCARD PLANS",
-  "DISCARD TEMP",
-  "DISCARD SEQUENCES",
-  `SELECT pg_advisory_lock(${liveLock}, pg_backend_pid())`
-]
-
-/**
- * The script that marks a claimed task running, on the session that runs
- * it, first resetting the session when an earlier task used it: `pid`
- * becomes that session's backend, and `pg_task.id` is set so that rows the
- * task inserts get it as their `parent`. It is written without waiting for
- * the disk: after a crash the row is reset and the task runs again.
+ * The scripts that mark a claimed task running, on the session that runs
+ * it: `pid` becomes that session's backend, and `pg_task.id` is set so that
+ * rows the task inserts get it as their `parent`. The write does not wait
+ * for the disk (set in the statement itself: a `SET LOCAL` costs the server
+ * more than the update); after a crash the row is reset and the task runs
+ * again. A session an earlier task used is first reset by `DISCARD ALL`, a
+ * message of its own since it cannot share a transaction; it drops the
+ * liveness lock, which the start takes again, in the same statement that
+ * makes the session the row's holder.
  *
- * The script is sent in the same write as the task's SQL, which the server
- * runs right after it whatever the script did. So a start that finds its
+ * The scripts are sent in the same write as the task's SQL, which the
+ * server runs right after them whatever they did. So a start that finds its
  * claim lost (the task was stopped, or put back and claimed by another
  * instance) ends its own session: the backend exits before it reads the
  * task's SQL, and nothing of the task runs.
  */
-export const startScript = (table: TaskTable, task: ClaimedTask, now: number, reset: boolean) => {
+export const startScript = (
+  table: TaskTable,
+  task: ClaimedTask,
+  now: number,
+  reset: boolean
+): ReadonlyArray<string> => {
   // The script takes no parameters, so its values are written as literals;
   // each is a number, and checked to be one.
   const literals = [task.id, now, task.claimedBy].map(String)
@@ -236,16 +226,16 @@ export const startScript = (table: TaskTable, task: ClaimedTask, now: number, re
     throw new Error(`task ${task.id} has a value that is not a number`)
   }
   const [id, at, claimedBy] = literals
-  return [
-    ...(reset ? resetSession : []),
-    "SET LOCAL synchronous_commit = off",
-    `WITH started AS (
+  const start = `WITH started AS (
        UPDATE ${table.name} SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
        WHERE id = ${id} AND state = 'TAKE' AND pid = ${claimedBy}
-       RETURNING set_config('pg_task.id', id::text, false)
+       RETURNING set_config('pg_task.id', id::text, false), set_config('synchronous_commit', 'off', true)${
+    reset ? `,
+         pg_advisory_lock(${liveLock}, pg_backend_pid())` : ""
+  }
      )
      SELECT pg_terminate_backend(pg_backend_pid()) WHERE NOT EXISTS (SELECT FROM started)`
-  ].join(";\n")
+  return reset ? ["DISCARD ALL", start] : [start]
 }
 
 /** Marks a remote task running, held by the worker's own backend. */

@@ -60,10 +60,14 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       })
       yield* worker.query(`LISTEN ${quote(table.channel)}`)
     }
-    // One piece of bookkeeping at a time on the worker's session.
-    const lock = yield* Effect.makeSemaphore(1)
-    const book = <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) =>
-      lock.withPermits(1)(work(worker))
+    // One piece of bookkeeping at a time on the worker's session. Ends of
+    // runs and releases go on a session of their own: they need not be
+    // written by the backend that holds claims, and on one session the claims
+    // waited behind them (a busy worker's session was busy most of the time).
+    const book = yield* serialised(worker)
+    const ends = yield* serialised(
+      yield* Session.open({ ...config, options: "-c synchronous_commit=off" }, "connect to the target")
+    )
     // A task's backend notices within a second when its client is gone
     // (PostgreSQL 14 and later), so the tasks of a killed instance are
     // cancelled and can be reset instead of running on unseen.
@@ -83,8 +87,8 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       wakes,
       claim: (now, limit, inProcess) => book((s) => Claimer.claim(s, table, now, limit, inProcess)),
       claimNext: (now, after) => book((s) => Claimer.claimNext(s, table, now, after)),
-      finish: (finishes) => book((s) => Effect.asVoid(Claimer.finish(s, table, finishes))),
-      release: (held) => book((s) => Effect.asVoid(Claimer.release(s, table, held))),
+      finish: (finishes) => ends((s) => Effect.asVoid(Claimer.finish(s, table, finishes))),
+      release: (held) => ends((s) => Effect.asVoid(Claimer.release(s, table, held))),
       reset: book((s) => Claimer.reset(s, table)),
       stopped: (ids) => book((s) => Claimer.stopped(s, table, ids)),
       session: sessions.take,
@@ -95,6 +99,13 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
     }
     return store
   })
+
+/** Runs work on `session` one piece at a time. */
+const serialised = (session: Session.Session) =>
+  Effect.map(
+    Effect.makeSemaphore(1),
+    (lock) => <A, E>(work: (session: Session.Session) => Effect.Effect<A, E>) => lock.withPermits(1)(work(session))
+  )
 
 /**
  * A task session. A start is not written on its own: it goes out with the
@@ -109,7 +120,7 @@ const taskSession = (
   interpret: ((session: Session.Session, task: ClaimedTask) => Effect.Effect<Ran>) | undefined
 ): TaskSession => {
   let used = false
-  let start: string | undefined
+  let start: ReadonlyArray<string> | undefined
   return {
     pid: session.pid,
     start: (task, now) =>
@@ -142,7 +153,7 @@ const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error
 export const runInput = (
   session: Session.Session,
   task: ClaimedTask,
-  prelude?: string,
+  prelude?: ReadonlyArray<string>,
   stop?: StopSignal
 ): Effect.Effect<Ran> =>
   Effect.gen(function*() {
@@ -183,7 +194,7 @@ const runRemote = (remotes: Remotes.Remotes, task: ClaimedTask, stop: StopSignal
     const lease = yield* remotes.lease(task.remote!)
     const { session } = lease
     if (!/^\d+$/.test(task.id)) return yield* Effect.die(new Error(`task id ${task.id} is not a number`))
-    const ran = yield* runInput(session, task, `SELECT set_config('pg_task.id', '${task.id}', false)`, stop)
+    const ran = yield* runInput(session, task, [`SELECT set_config('pg_task.id', '${task.id}', false)`], stop)
     lease.reuse = ran.clean && session.isHealthy()
       && Exit.isSuccess(yield* Effect.exit(session.query("DISCARD ALL")))
     return ran

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
+import { liveLock } from "../src/Claimer.js"
 import { Scheduler } from "../src/Scheduler.js"
 import {
   awaitTasks, createDatabase, dropDatabase, insertTasks, localScheduler, sql, withScheduler
@@ -122,11 +123,37 @@ describe("a task runs and writes back what happened", () => {
       expect(child!.parent).toBe(task!.id)
     }))
 
-  it.live("session settings of one task do not leak into the next", () =>
-    Effect.gen(function*() {
-      const [first] = yield* run("SET search_path TO pg_catalog; SET statement_timeout = 12345; SELECT 1")
-      const [second] = yield* run("SHOW statement_timeout; SELECT current_setting('pg_task.id') = '' ")
-      expect(first!.state).toBe("DONE")
-      expect(second!.output).toBe(`0\nf`)
-    }))
+  it.live("what a task leaves in its session is gone for the next task on the same session", () =>
+    withScheduler(
+      localScheduler(database),
+      Effect.gen(function*() {
+        yield* Effect.flatMap(Scheduler, (scheduler) => scheduler.ready)
+        // One group of max 1: the second task runs after the first, on the
+        // session the first gave back.
+        const [firstId, secondId] = yield* insertTasks(database, [
+          {
+            input: "SET statement_timeout = 12345; CREATE TEMP TABLE leftover (a int); PREPARE leftover AS SELECT 1; "
+              + "SELECT pg_advisory_lock(42); LISTEN leftover; SET ROLE NONE; SELECT 1",
+            group: "leaks",
+            max: 1
+          },
+          {
+            input: `SELECT current_setting('statement_timeout') AS timeout,
+                (to_regclass('pg_temp.leftover') IS NULL)::text AS temp_gone,
+                (SELECT count(*) FROM pg_prepared_statements) AS prepared,
+                (SELECT count(*) FROM pg_listening_channels()) AS listening,
+                (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                  AND objid = 42 AND objsubid = 1) AS task_locks,
+                (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                  AND classid = ${liveLock} AND objsubid = 2 AND granted) AS liveness_lock`,
+            group: "leaks",
+            max: 1
+          }
+        ])
+        const [first, second] = yield* awaitTasks(database, [firstId!, secondId!])
+        expect(first!.state).toBe("DONE")
+        expect(second!.pid).toBe(first!.pid)
+        expect(second!.output).toBe("timeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\n0\ttrue\t0\t0\t0\t1")
+      })
+    ))
 })

@@ -29,15 +29,15 @@ export interface Session {
   ) => Effect.Effect<ReadonlyArray<A>, DatabaseError>
   /**
    * Runs a task's SQL: one or more statements in the simple protocol.
-   * A `prelude`, a script of the worker's own, is written ahead of it in
-   * the same write and runs first, as a message of its own, so that the
-   * task's statements stay alone in theirs. Interrupting it, or `stop`,
+   * A `prelude`, scripts of the worker's own, is written ahead of it in
+   * the same write and runs first, each script as a message of its own, so
+   * that the task's statements stay alone in theirs. Interrupting it, or `stop`,
    * cancels the query on the server; an interrupted run waits until the
    * backend is idle again.
    */
   readonly run: (
     text: string,
-    prelude?: string,
+    prelude?: ReadonlyArray<string>,
     stop?: StopSignal
   ) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
   /** False once the connection broke; such a session is closed, never reused. */
@@ -157,7 +157,7 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, health: { healthy: boo
       catch: databaseError("query")
     }),
   // A session lost under a task is broken at once, before its socket says so.
-  run: (text, prelude, stop) =>
+  run: (text, prelude = [], stop) =>
     Effect.tapError(runTask(client, config, text, prelude, stop), (failure) =>
       Effect.sync(() => {
         if (failure.lost) health.healthy = false
@@ -178,7 +178,7 @@ const runTask = (
   client: Pg.Client,
   config: Pg.ClientConfig,
   text: string,
-  prelude: string | undefined,
+  prelude: ReadonlyArray<string>,
   stop: StopSignal | undefined
 ) =>
   Effect.async<ReadonlyArray<StatementResult>, TaskFailure>((resume) => {
@@ -243,8 +243,8 @@ interface Driven {
  * statement's command tag whole (`INSERT 0 1`, `CREATE TABLE`) and each value
  * as the text the server sent, with no type parsing in between.
  *
- * With a prelude it sends two Query messages in one write and stays the
- * client's active query until the second one's ReadyForQuery: the client
+ * With a prelude it sends several Query messages in one write and stays the
+ * client's active query until the last one's ReadyForQuery: the client
  * gives up its active query at every ReadyForQuery and after every error,
  * so the query takes that place back while a message of its own is still
  * to be answered. The prelude's rows are not kept.
@@ -255,24 +255,28 @@ class TaskQuery {
   private rows: Array<ReadonlyArray<string | null>> = []
   private copyRefused = false
   private done = false
-  /** Whether the prelude's answer is still to come. */
-  private inPrelude: boolean
+  /** How many of the prelude's scripts are still to be answered. */
+  private preludeLeft: number
   private preludeFailure: TaskFailure | undefined
   private failure: TaskFailure | undefined
   private cancelled = false
 
   constructor(
     readonly text: string,
-    private readonly prelude: string | undefined,
+    private readonly prelude: ReadonlyArray<string>,
     private readonly client: Driven,
     private readonly finish: (outcome: Outcome) => void,
     private readonly cancelQuery: () => void
   ) {
-    this.inPrelude = prelude !== undefined
+    this.preludeLeft = prelude.length
+  }
+
+  private get inPrelude() {
+    return this.preludeLeft > 0
   }
 
   submit(connection: { query: (text: string) => void }) {
-    if (this.prelude !== undefined) connection.query(this.prelude)
+    for (const script of this.prelude) connection.query(script)
     connection.query(this.text)
   }
 
@@ -356,9 +360,9 @@ class TaskQuery {
 
   handleReadyForQuery() {
     if (this.inPrelude) {
-      this.inPrelude = false
+      this.preludeLeft -= 1
       this.keepActive()
-      if (this.cancelled) this.cancelQuery()
+      if (this.cancelled && !this.inPrelude) this.cancelQuery()
       return
     }
     if (this.preludeFailure !== undefined) return this.end(Either.left(this.preludeFailure))
