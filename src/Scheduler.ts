@@ -236,7 +236,11 @@ const work = (
     )
     yield* Deferred.succeed(ready, table)
     yield* up
-    yield* Queue.take(wakes).pipe(Effect.flatMap((wake) => Queue.offer(reasons, wake)), Effect.forever, Effect.forkScoped)
+    yield* Queue.take(wakes).pipe(
+      Effect.flatMap((wake) => Queue.offer(reasons, wake)),
+      Effect.forever,
+      Effect.forkScoped
+    )
     yield* Deferred.await(shutdown).pipe(Effect.zipRight(Queue.offer(reasons, "END")), Effect.forkScoped)
     const runningGauge = Metrics.tasksRunning(table.label)
     running.onChange = (n) => runningGauge.unsafeUpdate(n, [])

@@ -153,7 +153,9 @@ describe("a task runs and writes back what happened", () => {
         const [first, second] = yield* awaitTasks(database, [firstId!, secondId!])
         expect(first!.state).toBe("DONE")
         expect(second!.pid).toBe(first!.pid)
-        expect(second!.output).toBe("timeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\n0\ttrue\t0\t0\t0\t1")
+        expect(second!.output).toBe(
+          "timeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\n0\ttrue\t0\t0\t0\t1"
+        )
       })
     ))
 })

@@ -46,7 +46,11 @@ describe("a start sent with the task's SQL", () => {
       expect(session.isHealthy()).toBe(false)
       const effects = yield* sql(database, "SELECT * FROM effects")
       expect(effects).toEqual([])
-      const [after] = yield* sql<{ state: string; start: Date | null }>(database, "SELECT state, start FROM task WHERE id = $1", [row!.id])
+      const [after] = yield* sql<{ state: string; start: Date | null }>(
+        database,
+        "SELECT state, start FROM task WHERE id = $1",
+        [row!.id]
+      )
       expect(after).toEqual({ state: "STOP", start: null })
     }).pipe(Effect.scoped, Effect.provide(layer())))
 
@@ -55,7 +59,8 @@ describe("a start sent with the task's SQL", () => {
       const store = yield* open
       yield* sql(
         database,
-        "INSERT INTO task (input) VALUES ('SELECT state::text || pid FROM task WHERE id = current_setting(''pg_task.id'')::bigint')"
+        `INSERT INTO task (input)
+         VALUES ('SELECT state::text || pid FROM task WHERE id = current_setting(''pg_task.id'')::bigint')`
       )
       const now = Date.now() + 1000
       const { tasks: [task] } = yield* store.claim(now, 1, new Map())
