@@ -238,6 +238,66 @@ export const startScript = (
   return reset ? ["DISCARD ALL", start] : [start]
 }
 
+/** The numbers of a script without parameters, each checked to be one. */
+const numbers = (task: ClaimedTask, ...values: ReadonlyArray<number | string>) => {
+  const literals = values.map(String)
+  if (!literals.every((literal) => /^\d+(\.\d+)?$/.test(literal))) {
+    throw new Error(`task ${task.id} has a value that is not a number`)
+  }
+  return literals
+}
+
+/**
+ * Marks a row of claimed tasks running on one session, in one statement,
+ * for tasks the session runs one after another; returns the ids it
+ * started, which leaves out tasks whose claim was lost. A session an
+ * earlier task used is first reset by `DISCARD ALL`, as for a single start.
+ * `start` says when the row began; each task's own start is written with
+ * its end.
+ */
+export const startRowScript = (
+  table: TaskTable,
+  tasks: ReadonlyArray<ClaimedTask>,
+  now: number,
+  reset: boolean
+): ReadonlyArray<string> => {
+  const held = tasks.map((task) => `(${numbers(task, task.id, task.claimedBy).join(", ")})`).join(", ")
+  const [at] = numbers(tasks[0]!, now)
+  const start = `UPDATE ${table.name} AS task
+     SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
+     FROM (VALUES ${held}) AS held(id, pid)
+     WHERE task.id = held.id AND task.pid = held.pid AND task.state = 'TAKE'
+     RETURNING task.id::text AS id, set_config('synchronous_commit', 'off', true)${
+    reset ? `, pg_advisory_lock(${liveLock}, pg_backend_pid())` : ""
+  }`
+  return reset ? ["DISCARD ALL", start] : [start]
+}
+
+/**
+ * What runs before each task of a row, in a message of its own: after the
+ * first task it resets what the one before left in the session, as
+ * `DISCARD ALL` does but inside a transaction that holds the liveness lock
+ * throughout, so that the row's tasks are never without their holder's
+ * lock. Then it sets `pg_task.id`, and ends the session unless the task is
+ * still running on it: a task stopped or put back meanwhile must not run,
+ * and its SQL is already on its way.
+ */
+export const guardScript = (table: TaskTable, task: ClaimedTask, reset: boolean) => {
+  const [id] = numbers(task, task.id)
+  const guard = `SELECT CASE WHEN EXISTS (
+       SELECT FROM ${table.name} WHERE id = ${id} AND state = 'WORK' AND pid = pg_backend_pid()
+     ) THEN set_config('pg_task.id', '${id}', false)
+     ELSE pg_terminate_backend(pg_backend_pid())::text END`
+  if (!reset) return guard
+  return `BEGIN;
+    SELECT pg_advisory_xact_lock(${liveLock}, pg_backend_pid());
+    CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;
+    SELECT pg_advisory_unlock_all(), pg_advisory_lock(${liveLock}, pg_backend_pid());
+    DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES;
+    COMMIT;
+    ${guard}`
+}
+
 /** Marks a remote task running, held by the worker's own backend. */
 export const startRemote = (worker: Session, table: TaskTable, task: ClaimedTask, now: number) =>
   Effect.map(
@@ -256,6 +316,7 @@ export const startRemote = (worker: Session, table: TaskTable, task: ClaimedTask
  * keeps that state and does not repeat. A run with neither output nor error
  * is deleted when the task asks for it; its next run then has no parent.
  * A row that is no longer held by `pid` (reset meanwhile) is left alone.
+ * A task that ran in a row of tasks on one session gets its own `start`.
  */
 export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArray<Finish>) => {
   const copied = table.copied.join(", ")
@@ -265,10 +326,11 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
   const statement = `
     WITH input AS (
       SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::text[],
-        $7::float8[], $8::bool[]) AS input(id, pid, state, stop, output, error, next, erase)
+        $7::float8[], $8::bool[], $9::float8[]) AS input(id, pid, state, stop, output, error, next, erase, start)
     ), ended AS (
       UPDATE ${table.name} AS task SET
         state = CASE WHEN task.state = 'STOP' THEN task.state ELSE input.state::${table.stateType} END,
+        start = coalesce(to_timestamp(input.start / 1000), task.start),
         stop = to_timestamp(input.stop / 1000), output = input.output, error = input.error
       FROM input
       WHERE task.id = ANY ($1::bigint[]) AND task.id = input.id AND task.pid = input.pid
@@ -291,7 +353,8 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
     column((f) => f.outcome.output),
     column((f) => f.outcome.error),
     column((f) => f.next),
-    column((f) => f.task.delete && f.outcome.output === null && f.outcome.error === null)
+    column((f) => f.task.delete && f.outcome.output === null && f.outcome.error === null),
+    column((f) => f.start ?? null)
   ], "pg_task_finish")
 }
 

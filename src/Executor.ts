@@ -4,17 +4,21 @@
  * task of its group without going back through the dispatcher.
  */
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as LogLevel from "effect/LogLevel"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 import { errors } from "./Output.js"
-import type { Finish, Ran, StopSignal, TargetStore, TaskSession } from "./Store.js"
+import { type Finish, type Ran, StopSignal, stoppedRun, type TargetStore, type TaskSession } from "./Store.js"
+import { copiesWithClient, controlsTransaction, split } from "./internal/statements.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
 /** What a running task needs from its target's worker. */
@@ -29,6 +33,16 @@ export interface WorkerLink {
    * running task, successors in a session included.
    */
   readonly watch: <A, E>(id: string, use: (stop: StopSignal) => Effect.Effect<A, E>) => Effect.Effect<A, E>
+  /** As `watch`, for the tasks of a row, each with its signal. */
+  readonly watchAll: <A, E>(
+    ids: ReadonlyArray<string>,
+    stops: ReadonlyArray<StopSignal>,
+    use: () => Effect.Effect<A, E>
+  ) => Effect.Effect<A, E>
+  /** Tells how long a task ran, ms. */
+  readonly took: (ms: number) => void
+  /** Sends how a run ended to the writer; the deferred completes once it is written. */
+  readonly submit: (finish: Finish) => Effect.Effect<Deferred.Deferred<void, DatabaseError>>
 }
 
 /**
@@ -79,6 +93,109 @@ export const execute = (link: WorkerLink, first: ClaimedTask) => {
 }
 
 type Annotate = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+type RowEvent =
+  | { readonly _tag: "Began"; readonly index: number }
+  | { readonly _tag: "Ended"; readonly index: number; readonly ran: Ran }
+  | { readonly _tag: "Over" }
+
+/**
+ * Runs tasks as a row on one session, one after another, sent together:
+ * for a backlog of short tasks, where a session's round trip per task costs
+ * more than the tasks. Only tasks that need nothing of a session of their
+ * own go in a row (see `fitsInRow`). Each task's end is written as it
+ * comes; the row is over once all are written. Tasks that did not get to
+ * run, and the one a lost session was running, go back to `PLAN`.
+ */
+export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) => {
+  let started: ReadonlyArray<ClaimedTask> = []
+  const ended = new Set<number>()
+  let holder: number | undefined
+  let run: Fiber.RuntimeFiber<void> | undefined
+  const putBackRest = () =>
+    holder === undefined ? Effect.void : link.store.release(
+      started.filter((_, index) => !ended.has(index)).map((task) => ({ id: task.id, pid: holder! }))
+    ).pipe(Effect.ignore)
+  const row = (session: TaskSession) =>
+    Effect.gen(function*() {
+      holder = session.pid
+      const rows = session.rows!
+      started = yield* rows.start(tasks, yield* link.clock.now)
+      if (started.length === 0) return session.isHealthy()
+      const events = yield* Queue.unbounded<RowEvent>()
+      const stops = started.map(() => new StopSignal())
+      run = yield* link.watchAll(started.map((task) => task.id), stops, () =>
+        rows.run(started, stops, {
+          began: (index) => Queue.unsafeOffer(events, { _tag: "Began", index }),
+          ended: (index, ran) => Queue.unsafeOffer(events, { _tag: "Ended", index, ran })
+        })).pipe(Effect.ensuring(Queue.offer(events, { _tag: "Over" })), Effect.fork)
+      const written: Array<Deferred.Deferred<void, DatabaseError>> = []
+      const began = new Map<number, number>()
+      let clean = true
+      for (;;) {
+        const event = yield* Queue.take(events)
+        if (event._tag === "Over") break
+        const task = started[event.index]!
+        const annotated = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+          Effect.annotateLogs(effect, { task: task.id, group: task.group })
+        if (event._tag === "Began") {
+          const now = yield* link.clock.now
+          began.set(event.index, now)
+          yield* countStart(link, task, now)
+          continue
+        }
+        const { ran } = event
+        ended.add(event.index)
+        // A STOP of a running task that others follow ends the session
+        // under it: the task ends stopped all the same.
+        const stopped = stops[event.index]!.stopped
+        if (ran.lost === true && !stopped) {
+          clean = false
+          yield* annotated(Effect.logWarning("the task's session was lost; the task goes back to PLAN"))
+          yield* putBack(link, task, session.pid)
+          continue
+        }
+        if (ran.lost === true) clean = false
+        const outcome = stopped ? stoppedRun.outcome : ran.outcome
+        const start = began.get(event.index) ?? (yield* link.clock.now)
+        written.push(yield* submit(link, task, session.pid, outcome, start, annotated))
+      }
+      yield* Fiber.join(run!)
+      yield* putBackRest()
+      yield* Effect.forEach(written, Deferred.await, { discard: true })
+      return clean && session.isHealthy()
+    }).pipe(
+      // Interrupted (shutdown), the row's run ends the session first, so
+      // that nothing put back can still be running.
+      Effect.onInterrupt(() => Effect.zipRight(run === undefined ? Effect.void : Fiber.interrupt(run), putBackRest()))
+    )
+  let reuse = false
+  return Effect.acquireUseRelease(
+    link.store.session,
+    (session) => Effect.map(row(session), (reusable) => void (reuse = reusable)),
+    (session, exit) => link.store.giveBack(session, reuse && Exit.isSuccess(exit))
+  ).pipe(
+    Effect.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.void
+        : Effect.logWarning("a worker session failed; its tasks go back to PLAN", cause).pipe(
+          Effect.zipRight(Effect.suspend(putBackRest)),
+          Effect.zipRight(link.store.release(tasks.map((task) => ({ id: task.id, pid: task.claimedBy })))),
+          Effect.ignore
+        )
+    )
+  )
+}
+
+/**
+ * Whether a task may run in a row of tasks on a shared session: local, no
+ * timeout (a cancel could reach the next task), no `count` or `live`, and
+ * no statement that opens or ends a transaction, so that the session is
+ * idle again when its SQL ends.
+ */
+export const fitsInRow = (task: ClaimedTask) =>
+  task.remote === null && (task.timeout === null || task.timeout <= 0) && task.count <= 0 && task.live <= 0
+  && !split(task.input).some((statement) => controlsTransaction(statement) || copiesWithClient(statement))
 
 interface Chain {
   /** When the worker session started. */
@@ -202,6 +319,36 @@ const record = (
   Effect.gen(function*() {
     const stop = yield* link.clock.now
     yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
+    yield* count(link, task, outcome, start, stop, annotated)
+    return stop
+  })
+
+/** Sends the outcome to be written, with the task's own start; the deferred completes once it is. */
+const submit = (
+  link: WorkerLink,
+  task: ClaimedTask,
+  pid: number,
+  outcome: Outcome,
+  start: number,
+  annotated: Annotate
+) =>
+  Effect.gen(function*() {
+    const stop = yield* link.clock.now
+    const written = yield* link.submit({ task, pid, outcome, start, stop, next: nextPlan(task, stop) })
+    yield* count(link, task, outcome, start, stop, annotated)
+    return written
+  })
+
+const count = (
+  link: WorkerLink,
+  task: ClaimedTask,
+  outcome: Outcome,
+  start: number,
+  stop: number,
+  annotated: Annotate
+) =>
+  Effect.gen(function*() {
+    link.took(stop - start)
     const { duration, failed, finished } = metrics(link, task)
     yield* Metric.update(finished[outcome.state], 1)
     if (outcome.state === "FAIL") yield* Metric.update(failed, 1)
@@ -211,5 +358,4 @@ const record = (
     if (LogLevel.greaterThanEqual(LogLevel.Debug, yield* FiberRef.get(FiberRef.currentMinimumLogLevel))) {
       yield* annotated(Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state)))
     }
-    return stop
   })

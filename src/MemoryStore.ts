@@ -304,6 +304,7 @@ const open = (memory: MemoryTable) =>
     )
     const store: TargetStore = {
       table: memory.table,
+      rowLength: 1,
       wakes: memory.wakes,
       claim: (now, limit, inProcess) => Effect.sync(() => memory.claim(now, limit, inProcess, worker)),
       claimNext: (now, after) => Effect.sync(() => memory.claim(now, 1, new Map(), worker, after).tasks[0]),

@@ -163,6 +163,9 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
     }
   })
 
+/** Tasks that took at most this long, on average of late, may run in rows (ms). */
+const rowTasksUpTo = 5
+
 /** What wakes a worker: its store's wake-ups, and its own timer. */
 type Reason = Wake | "TIMER"
 
@@ -185,6 +188,8 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, StopSignal>()
+    // How long tasks took of late, ms: an average that forgets by a tenth a task.
+    let recent = 0
     const link: Executor.WorkerLink = {
       store,
       clock: yield* Clock,
@@ -194,11 +199,20 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
           stops.set(id, stop)
           return Effect.ensuring(use(stop), Effect.sync(() => stops.delete(id)))
         }),
-      finish: (finish) =>
+      watchAll: (ids, signals, use) =>
+        Effect.suspend(() => {
+          ids.forEach((id, index) => stops.set(id, signals[index]!))
+          return Effect.ensuring(use(), Effect.sync(() => ids.forEach((id) => stops.delete(id))))
+        }),
+      submit: (finish) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
-          Effect.zipRight(Queue.offer(finishes, [finish, done]), Deferred.await(done)))
+          Effect.as(Queue.offer(finishes, [finish, done]), done)),
+      finish: (finish) => Effect.flatMap(link.submit(finish), Deferred.await),
+      took: (ms) => {
+        recent += (ms - recent) / 10
+      }
     }
-    return { link, stops }
+    return { link, stops, recentDuration: () => recent }
   })
 
 /** One life of a target's worker: set up, then claim and dispatch until interrupted. */
@@ -219,7 +233,7 @@ const work = (
     // shutdown. Waiting on one queue costs no fibers, where a race of the
     // sources forked one a source on every wake-up.
     const reasons = yield* Queue.unbounded<Reason>()
-    const { link, stops } = yield* makeLink(store, reasons)
+    const { link, recentDuration, stops } = yield* makeLink(store, reasons)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     /** Puts back the tasks of dead workers; how many. */
     const reset = Effect.flatMap(store.reset, (ids) =>
@@ -252,20 +266,55 @@ const work = (
       if (n > 0) groups.set(group, n)
       else groups.delete(group)
     }
-    const dispatch = (task: ClaimedTask) =>
+    // Sessions in use; a session may run a row of several tasks.
+    let sessions = 0
+    /** Runs tasks on one session: one alone, or several as a row. */
+    const dispatch = (tasks: ReadonlyArray<ClaimedTask>) =>
       Effect.gen(function*() {
-        count(task.group, 1)
-        running.add(1)
+        for (const task of tasks) count(task.group, 1)
+        running.add(tasks.length)
+        sessions += 1
         const ended = Effect.sync(() => {
-          count(task.group, -1)
-          running.add(-1)
+          for (const task of tasks) count(task.group, -1)
+          running.add(-tasks.length)
+          sessions -= 1
         })
+        const execute = tasks.length === 1 ? Executor.execute(link, tasks[0]!) : Executor.executeRow(link, tasks)
         yield* FiberMap.run(
           fibers,
-          task.id,
-          Executor.execute(link, task).pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(reasons, "END")))
+          tasks[0]!.id,
+          execute.pipe(Effect.ensuring(ended), Effect.ensuring(Queue.offer(reasons, "END")))
         )
       })
+    /**
+     * Hands the waiting tasks to `free` sessions, a task each; with more
+     * waiting than that, tasks that fit in a row are dealt out in turn, up
+     * to `length` a session, so that they still start about in the order
+     * they were claimed. A task that must have a session of its own waits
+     * for the next free one, and so do the tasks after it.
+     */
+    const deal = (free: number, length: number) => {
+      const hands: Array<Array<ClaimedTask>> = []
+      for (let turn = 0; waiting.length > 0;) {
+        if (hands.length < free) {
+          hands.push([waiting.shift()!])
+          continue
+        }
+        if (!Executor.fitsInRow(waiting[0]!)) break
+        const open = hands.filter((hand) => hand.length < length && Executor.fitsInRow(hand[0]!))
+        if (open.length === 0) break
+        open[turn++ % open.length]!.push(waiting.shift()!)
+      }
+      return hands
+    }
+    /**
+     * How many tasks a session runs in a row: as many as the store allows
+     * while this target's tasks have been short, else one. A row is for a
+     * backlog of short tasks, where a round trip per task costs more than
+     * the tasks; with long ones it would only keep tasks waiting behind a
+     * slow one while other sessions are free.
+     */
+    const rowLength = () => recentDuration() <= rowTasksUpTo ? store.rowLength : 1
     const stopRequested = Effect.gen(function*() {
       if (stops.size === 0) return
       for (const id of yield* store.stopped([...stops.keys()])) {
@@ -273,9 +322,9 @@ const work = (
       }
     })
     // Claimed tasks waiting for a session. A claim takes up to `run` more
-    // than there are free sessions, so that a busy worker claims in batches
-    // rather than once per finished task; they stay `TAKE`, held by the
-    // worker's backend, until a session starts them.
+    // than the sessions can run (in rows, while tasks are short), so that a
+    // busy worker claims in batches rather than once per finished task; they
+    // stay `TAKE`, held by the worker's backend, until a session starts them.
     const waiting: Array<ClaimedTask> = []
     let nextPlan: number | null = null
     let mayFindMore = true
@@ -291,8 +340,10 @@ const work = (
         yield* store.release(waiting.splice(0).map((task) => ({ id: task.id, pid: task.claimedBy })))
       }
       const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
-      if (!stopping && due && waiting.length < target.run) {
-        const want = 2 * target.run - busy - waiting.length
+      // Rows may have taken more tasks than a session each, and the row
+      // length may have fallen since: then nothing more is wanted yet.
+      const want = (rowLength() + 1) * target.run - busy - waiting.length
+      if (!stopping && due && waiting.length < target.run && want > 0) {
         const claimed = yield* store.claim(now, want, groups)
         waiting.push(...claimed.tasks)
         nextPlan = claimed.nextPlan
@@ -305,8 +356,11 @@ const work = (
           continue
         }
       }
-      const free = target.run - busy
-      if (free > 0 && waiting.length > 0) yield* Effect.forEach(waiting.splice(0, free), dispatch, { discard: true })
+      const free = target.run - sessions
+      if (free > 0 && waiting.length > 0) {
+        const length = Math.min(rowLength(), Math.ceil(waiting.length / free))
+        yield* Effect.forEach(deal(free, length), dispatch, { discard: true })
+      }
       const idle = waiting.length === 0 && running.count === 0
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested

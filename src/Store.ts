@@ -42,6 +42,8 @@ export interface Finish {
   readonly outcome: Outcome
   /** When it ended, ms. */
   readonly stop: number
+  /** When it began, ms, for a task whose row was marked running before it began. */
+  readonly start?: number | undefined
   /** The next run's plan, ms, for a repeating task. */
   readonly next: number | null
 }
@@ -125,11 +127,39 @@ export interface TaskSession {
   readonly run: (task: ClaimedTask, stop: StopSignal) => Effect.Effect<Ran>
   /** False once the session is broken and must not run another task. */
   readonly isHealthy: () => boolean
+  /**
+   * A store that can send a session several tasks at once runs them as a
+   * row, one after another: `start` marks them running in one statement
+   * and returns those it started, in order, leaving out tasks whose claim
+   * was lost; `run` then runs them, each stopped by its signal in `stops`,
+   * and tells of each as it begins and ends. A task the session was lost
+   * under ends with `lost`; tasks after it neither begin nor end.
+   * Interrupting the run ends the session with whatever it runs.
+   */
+  readonly rows?: {
+    readonly start: (tasks: ReadonlyArray<ClaimedTask>, now: number) => Effect.Effect<
+      ReadonlyArray<ClaimedTask>,
+      DatabaseError
+    >
+    readonly run: (
+      tasks: ReadonlyArray<ClaimedTask>,
+      stops: ReadonlyArray<StopSignal>,
+      events: RowEvents
+    ) => Effect.Effect<void>
+  } | undefined
+}
+
+/** What a row of tasks tells as it runs; tasks by their place in the row. */
+export interface RowEvents {
+  readonly began: (index: number) => void
+  readonly ended: (index: number, ran: Ran) => void
 }
 
 /** One target's table, open for a worker. */
 export interface TargetStore {
   readonly table: TaskTable
+  /** The most tasks a session runs as a row (see `TaskSession.rows`); 1 for a store without rows. */
+  readonly rowLength: number
   /** Wake-ups from users' changes to the table: new or re-planned tasks, STOPs. */
   readonly wakes: Queue.Dequeue<Wake>
   /**

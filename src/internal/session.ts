@@ -40,6 +40,21 @@ export interface Session {
     prelude?: ReadonlyArray<string>,
     stop?: StopSignal
   ) => Effect.Effect<ReadonlyArray<StatementResult>, TaskFailure>
+  /**
+   * Sends several scripts in one write, each a message of its own that the
+   * server runs in turn whatever the ones before it did, and hands each
+   * script's answer to `answer` as it arrives, in order. Fails when the
+   * session is lost; the answers given before stand. Interrupting it runs
+   * `abort`, which must end the backend, and waits for the session's end:
+   * a cancel could only reach whichever script runs at that moment.
+   */
+  readonly pipeline: (
+    scripts: ReadonlyArray<string>,
+    answer: (index: number, answer: Answer) => void,
+    abort: Effect.Effect<void>
+  ) => Effect.Effect<void, TaskFailure>
+  /** Asks the server to cancel what the session runs now. */
+  readonly cancel: () => void
   /** False once the connection broke; such a session is closed, never reused. */
   readonly isHealthy: () => boolean
   /**
@@ -65,6 +80,9 @@ export class TaskFailure {
     readonly inPrelude = false
   ) {}
 }
+
+/** How one script of a pipeline ended. */
+export type Answer = Either.Either<ReadonlyArray<StatementResult>, TaskFailure>
 
 /** Admin shutdown, crash, database dropped, or a connection failure. */
 const losesSession = (code: string | undefined) => code !== undefined && /^(57P0[1-4]|08)/.test(code)
@@ -162,6 +180,26 @@ const make = (client: Pg.Client, config: Pg.ClientConfig, health: { healthy: boo
       Effect.sync(() => {
         if (failure.lost) health.healthy = false
       })),
+  pipeline: (scripts, answer, abort) =>
+    Effect.async<void, TaskFailure>((resume) => {
+      let finished = false
+      const waiters: Array<() => void> = []
+      const query = new PipelineQuery(scripts, client as unknown as Driven, answer, (failure) => {
+        finished = true
+        if (failure !== undefined) health.healthy = false
+        waiters.splice(0).forEach((wake) => wake())
+        resume(failure === undefined ? Effect.void : Effect.fail(failure))
+      })
+      client.query(query as unknown as Pg.QueryConfig)
+      return Effect.zipRight(
+        abort,
+        Effect.async<void>((done) => {
+          if (finished) return done(Effect.void)
+          waiters.push(() => done(Effect.void))
+        })
+      )
+    }),
+  cancel: () => cancel(client, config),
   script: (text) =>
     Effect.tryPromise({
       try: () =>
@@ -333,24 +371,9 @@ class TaskQuery {
   }
 
   handleError(error: unknown) {
-    const server = error as Partial<Pg.DatabaseError>
-    if (typeof server.severity !== "string") {
-      // No answer from the server: the connection broke under the task.
-      const failure = new TaskFailure(formatError({ message: describeCause(error) }), undefined, true)
-      return this.end(Either.left(this.preludeFailure ?? failure))
-    }
-    const failure = new TaskFailure(
-      formatError({
-        severity: server.severity,
-        message: server.message ?? "",
-        detail: server.detail,
-        hint: server.hint,
-        where: server.where
-      }),
-      server.code,
-      losesSession(server.code),
-      this.inPrelude
-    )
+    // Without a severity there was no answer from the server: the
+    // connection broke under the task.
+    const failure = failureOf(error, typeof (error as Partial<Pg.DatabaseError>).severity === "string" && this.inPrelude)
     if (failure.lost) return this.end(Either.left(this.preludeFailure ?? failure))
     if (this.inPrelude) this.preludeFailure = failure
     else this.failure ??= this.copyRefused ? copyFailure : failure
@@ -374,6 +397,113 @@ class TaskQuery {
     if (this.done) return
     this.done = true
     this.finish(outcome)
+  }
+}
+
+/** The text of a server's error, or of a broken connection, as a task's failure. */
+const failureOf = (error: unknown, inPrelude = false): TaskFailure => {
+  const server = error as Partial<Pg.DatabaseError>
+  if (typeof server.severity !== "string") {
+    return new TaskFailure(formatError({ message: describeCause(error) }), undefined, true, inPrelude)
+  }
+  return new TaskFailure(
+    formatError({
+      severity: server.severity,
+      message: server.message ?? "",
+      detail: server.detail,
+      hint: server.hint,
+      where: server.where
+    }),
+    server.code,
+    losesSession(server.code),
+    inPrelude
+  )
+}
+
+/**
+ * Several scripts sent in one write, driven like `TaskQuery`: it stays the
+ * client's active query until the last script's ReadyForQuery, and keeps
+ * each script's results as the server sent them. A script that copies
+ * from the client is refused as in a task; one that copies to it is
+ * cancelled.
+ */
+class PipelineQuery {
+  private index = 0
+  private results: Array<StatementResult> = []
+  private columns: ReadonlyArray<string> | undefined
+  private rows: Array<ReadonlyArray<string | null>> = []
+  private failure: TaskFailure | undefined
+  private copyRefused = false
+  private done = false
+
+  constructor(
+    private readonly scripts: ReadonlyArray<string>,
+    private readonly client: Driven,
+    private readonly answer: (index: number, answer: Answer) => void,
+    private readonly end: (lost: TaskFailure | undefined) => void
+  ) {}
+
+  submit(connection: { query: (text: string) => void }) {
+    for (const script of this.scripts) connection.query(script)
+  }
+
+  private keepActive() {
+    this.client._activeQuery = this
+    this.client.readyForQuery = false
+  }
+
+  handleRowDescription(message: ServerMessage) {
+    this.columns = message.fields.map((field) => field.name)
+    this.rows = []
+  }
+
+  handleDataRow(message: { fields: ReadonlyArray<string | null> }) {
+    this.rows.push(message.fields)
+  }
+
+  handleCommandComplete(message: { text: string }) {
+    if (this.columns !== undefined) {
+      this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
+      this.columns = undefined
+      this.rows = []
+    } else {
+      this.results.push({ _tag: "Command", tag: message.text })
+    }
+  }
+
+  handleEmptyQuery() {}
+
+  handlePortalSuspended() {}
+
+  handleCopyInResponse(connection: { sendCopyFail: (message: string) => void }) {
+    this.copyRefused = true
+    connection.sendCopyFail("COPY FROM STDIN is not supported in tasks")
+  }
+
+  handleCopyData() {}
+
+  handleError(error: unknown) {
+    const failure = failureOf(error)
+    if (failure.lost) return this.finish(failure)
+    this.failure ??= this.copyRefused ? copyFailure : failure
+    this.keepActive()
+  }
+
+  handleReadyForQuery() {
+    const failure = this.failure ?? (this.copyRefused ? copyFailure : undefined)
+    this.answer(this.index, failure === undefined ? Either.right(this.results) : Either.left(failure))
+    this.index += 1
+    this.results = []
+    this.failure = undefined
+    this.copyRefused = false
+    if (this.index < this.scripts.length) return this.keepActive()
+    this.finish(undefined)
+  }
+
+  private finish(lost: TaskFailure | undefined) {
+    if (this.done) return
+    this.done = true
+    this.end(lost)
   }
 }
 

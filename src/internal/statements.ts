@@ -98,3 +98,10 @@ export const copiesWithClient = (statement: string) => {
   const code = mask(statement)
   return /^\s*copy\b/i.test(code) && /\b(to\s+stdout|from\s+stdin)\b/i.test(code)
 }
+
+/**
+ * Whether a statement opens or ends a transaction block, or works inside
+ * one: after such statements a session may be left in a transaction.
+ */
+export const controlsTransaction = (statement: string) =>
+  /^\s*(begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i.test(mask(statement))

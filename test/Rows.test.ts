@@ -1,0 +1,192 @@
+/**
+ * A backlog of short tasks runs in rows: several tasks sent to one session
+ * at once, one after another. Each task of a row still runs once, in its own
+ * clean session state, with its own start, its own outcome and its own STOP;
+ * a row cut short gives its tasks back.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { liveLock } from "../src/Claimer.js"
+import { fitsInRow } from "../src/Executor.js"
+import { Scheduler } from "../src/Scheduler.js"
+import type { ClaimedTask } from "../src/Task.js"
+import {
+  awaitTasks, createDatabase, dropDatabase, eventually, localScheduler, query, scheduler, type TaskRow, withScheduler
+} from "./support/database.js"
+
+let database: string
+beforeAll(async () => {
+  database = await createDatabase("rows")
+  await query(database, "CREATE TABLE side (task bigint NOT NULL, backend int NOT NULL DEFAULT pg_backend_pid())")
+  // The task table, made by a scheduler that then stops.
+  await Effect.runPromise(withScheduler(localScheduler(database), Effect.flatMap(Scheduler, (s) => s.ready)))
+})
+afterAll(() => dropDatabase(database))
+
+const sideEffect = "INSERT INTO side (task) VALUES (current_setting('pg_task.id')::bigint)"
+
+/**
+ * Inserts the tasks in one statement before a scheduler with one session
+ * starts, so that its first claim finds all of them waiting: they run as
+ * one row on that session.
+ */
+const inRow = <A>(
+  inputs: ReadonlyArray<string>,
+  body: (ids: ReadonlyArray<string>) => Effect.Effect<A>,
+  layer = localScheduler(database, { default_run: "1" })
+) =>
+  Effect.gen(function*() {
+    const rows = yield* Effect.promise(() =>
+      query<{ id: string }>(database,
+        `INSERT INTO task (input) SELECT text FROM unnest($1::text[]) WITH ORDINALITY AS input(text, n) ORDER BY n
+         RETURNING id::text`, [inputs])
+    )
+    const ids = rows.map((row) => row.id).sort((a, b) => Number(a) - Number(b))
+    return yield* withScheduler(layer, Effect.zipRight(Effect.flatMap(Scheduler, (s) => s.ready), body(ids)))
+  })
+
+const rowsOf = (ids: ReadonlyArray<string>) =>
+  query<TaskRow>(database, "SELECT * FROM task WHERE id = ANY($1::bigint[]) ORDER BY id", [ids])
+
+const sideCounts = (ids: ReadonlyArray<string>) =>
+  query<{ task: string; n: number }>(database,
+    "SELECT side.task::text AS task, count(*)::int AS n FROM side WHERE task = ANY($1::bigint[]) GROUP BY side.task ORDER BY side.task",
+    [ids])
+
+describe("a row of tasks on one session", () => {
+  it.live("marks its tasks running together; each runs once, in order, with its own start and clean state", () =>
+    inRow([
+      "SELECT pg_sleep(0.3); SET statement_timeout = 12345; CREATE TEMP TABLE leftover (a int); "
+      + "PREPARE leftover AS SELECT 1; SELECT pg_advisory_lock(42); LISTEN leftover; SELECT 1",
+      `SELECT current_setting('pg_task.id') = (SELECT max(id)::text FROM task WHERE state = 'WORK'
+          AND pid = pg_backend_pid() AND id = current_setting('pg_task.id')::bigint) AS own_id,
+        current_setting('statement_timeout') AS timeout,
+        (to_regclass('pg_temp.leftover') IS NULL)::text AS temp_gone,
+        (SELECT count(*) FROM pg_prepared_statements) AS prepared,
+        (SELECT count(*) FROM pg_listening_channels()) AS listening,
+        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+          AND objid = 42 AND objsubid = 1) AS task_locks,
+        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+          AND classid = ${liveLock} AND objsubid = 2 AND granted) AS liveness_lock`,
+      sideEffect,
+      sideEffect
+    ], (ids) =>
+      Effect.gen(function*() {
+        // While the first task sleeps, the whole row is running on its session.
+        const running = yield* Effect.promise(() =>
+          eventually(() => rowsOf(ids), (rows) => rows.every((row) => row.state === "WORK"), 10)
+        )
+        expect(new Set(running.map((row) => row.pid)).size).toBe(1)
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE", "DONE"])
+        expect(new Set(rows.map((row) => row.pid)).size).toBe(1)
+        expect(rows[1]!.output).toBe(
+          "own_id\ttimeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\nt\t0\ttrue\t0\t0\t0\t1"
+        )
+        // Each task's start is its own: the second began after the first,
+        // which slept, had stopped.
+        for (let i = 1; i < rows.length; i++) {
+          expect(rows[i]!.start!.getTime()).toBeGreaterThanOrEqual(rows[i - 1]!.stop!.getTime())
+        }
+        expect(rows[0]!.stop!.getTime() - rows[0]!.start!.getTime()).toBeGreaterThanOrEqual(300)
+        expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
+          { task: ids[2], n: 1 },
+          { task: ids[3], n: 1 }
+        ])
+      })))
+
+  it.live("a task that fails fails alone; the others run with their own output", () =>
+    inRow(["SELECT 1/0", "SELECT 2", "SELECT no_such_column", "SELECT 4"], (ids) =>
+      Effect.gen(function*() {
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => [row.state, row.output])).toEqual([
+          ["FAIL", null],
+          ["DONE", "2"],
+          ["FAIL", null],
+          ["DONE", "4"]
+        ])
+        expect(rows[0]!.error!.startsWith("ERROR:  division by zero")).toBe(true)
+        expect(rows[2]!.error!.startsWith("ERROR:  column \"no_such_column\" does not exist")).toBe(true)
+      })))
+
+  it.live("a task stopped while it waits in the row never runs; the tasks after it run once elsewhere", () =>
+    inRow(["SELECT pg_sleep(0.5); " + sideEffect, sideEffect, sideEffect, sideEffect], (ids) =>
+      Effect.gen(function*() {
+        yield* Effect.promise(() =>
+          eventually(() => rowsOf(ids), (rows) => rows.every((row) => row.state === "WORK"), 10)
+        )
+        yield* Effect.promise(() => query(database, "UPDATE task SET state = 'STOP' WHERE id = $1", [ids[1]]))
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => row.state)).toEqual(["DONE", "STOP", "DONE", "DONE"])
+        expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
+          { task: ids[0], n: 1 },
+          { task: ids[2], n: 1 },
+          { task: ids[3], n: 1 }
+        ])
+      })))
+
+  it.live("a STOP of the running task ends it at once; the tasks after it run once", () =>
+    inRow(["SELECT pg_sleep(30)", sideEffect, sideEffect], (ids) =>
+      Effect.gen(function*() {
+        yield* Effect.promise(() =>
+          eventually(() => query<{ n: number }>(database,
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"),
+            ([row]) => row!.n === 1, 10)
+        )
+        yield* Effect.promise(() => query(database, "UPDATE task SET state = 'STOP' WHERE id = $1", [ids[0]]))
+        const rows = yield* awaitTasks(database, ids, "task", 10)
+        expect(rows.map((row) => row.state)).toEqual(["STOP", "DONE", "DONE"])
+        expect(rows[0]!.error).toBe("ERROR:  canceling statement due to user request")
+        expect(rows[0]!.stop!.getTime() - rows[0]!.start!.getTime()).toBeLessThan(5000)
+        expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
+          { task: ids[1], n: 1 },
+          { task: ids[2], n: 1 }
+        ])
+      })))
+
+  it.live("a shutdown that cuts a row short puts its tasks back to PLAN, none of them half run", () =>
+    Effect.gen(function*() {
+      const ids = yield* inRow(
+        ["SELECT pg_sleep(30)", sideEffect, sideEffect],
+        (ids) =>
+          Effect.as(
+            Effect.promise(() =>
+              eventually(() => query<{ n: number }>(database,
+                "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"),
+                ([row]) => row!.n === 1, 10)
+            ),
+            ids
+          ),
+        scheduler(database, { json: JSON.stringify([{ data: database }]), default_run: "1" }, { shutdownTimeout: 200 })
+      )
+      const rows = yield* Effect.promise(() => rowsOf(ids))
+      expect(rows.map((row) => [row.state, row.pid, row.start])).toEqual([
+        ["PLAN", null, null],
+        ["PLAN", null, null],
+        ["PLAN", null, null]
+      ])
+      expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([])
+      yield* Effect.promise(() => query(database, "DELETE FROM task WHERE id = ANY($1::bigint[])", [ids]))
+    }))
+})
+
+describe("which tasks may run in a row", () => {
+  const task = (input: string, fields: Partial<ClaimedTask> = {}): ClaimedTask => ({
+    id: "1", group: "group", max: 1, input, plan: 0, timeout: null, repeat: null, drift: true, delete: false,
+    count: 0, live: 0, remote: null, claimedBy: 1, ...fields
+  })
+
+  it("plain local SQL does; a timeout, count, live, remote, transaction control or COPY with the client does not", () => {
+    expect(fitsInRow(task("SELECT 1; INSERT INTO t VALUES ('begin; commit')"))).toBe(true)
+    expect(fitsInRow(task("DO $$ BEGIN PERFORM 1; END $$"))).toBe(true)
+    expect(fitsInRow(task("SELECT 1", { timeout: 1000 }))).toBe(false)
+    expect(fitsInRow(task("SELECT 1", { count: 2 }))).toBe(false)
+    expect(fitsInRow(task("SELECT 1", { live: 1000 }))).toBe(false)
+    expect(fitsInRow(task("SELECT 1", { remote: "host=elsewhere" }))).toBe(false)
+    expect(fitsInRow(task("BEGIN; INSERT INTO t VALUES (1)"))).toBe(false)
+    expect(fitsInRow(task("start transaction; select 1"))).toBe(false)
+    expect(fitsInRow(task("SELECT 1; COMMIT"))).toBe(false)
+    expect(fitsInRow(task("SAVEPOINT a"))).toBe(false)
+    expect(fitsInRow(task("COPY t TO STDOUT"))).toBe(false)
+  })
+})
