@@ -274,27 +274,21 @@ export const startRowScript = (
 }
 
 /**
- * What runs before each task of a row, in a message of its own: after the
- * first task it resets what the one before left in the session, as
- * `DISCARD ALL` does but inside a transaction that holds the liveness lock
- * throughout, so that the row's tasks are never without their holder's
- * lock. Then it sets `pg_task.id`, and ends the session unless the task is
- * still running on it: a task stopped or put back meanwhile must not run,
- * and its SQL is already on its way.
+ * What runs before each task of a row, in a message of its own: it sets
+ * `pg_task.id`, and after the row's first task it first resets what the
+ * task before left in the session, as `DISCARD ALL` does, but keeping the
+ * liveness lock throughout (a transaction lock on the same key holds it
+ * while the session's locks are let go), so that the row's tasks are never
+ * without their holder's lock and cannot be reset while they wait.
  */
-export const guardScript = (table: TaskTable, task: ClaimedTask, reset: boolean) => {
+export const guardScript = (task: ClaimedTask, reset: boolean) => {
   const [id] = numbers(task, task.id)
-  const guard = `SELECT CASE WHEN EXISTS (
-       SELECT FROM ${table.name} WHERE id = ${id} AND state = 'WORK' AND pid = pg_backend_pid()
-     ) THEN set_config('pg_task.id', '${id}', false)
-     ELSE pg_terminate_backend(pg_backend_pid())::text END`
+  const guard = `SELECT set_config('pg_task.id', '${id}', false)`
   if (!reset) return guard
-  return `BEGIN;
-    SELECT pg_advisory_xact_lock(${liveLock}, pg_backend_pid());
+  return `SELECT pg_advisory_xact_lock(${liveLock}, pg_backend_pid()), pg_advisory_unlock_all(),
+      pg_advisory_lock(${liveLock}, pg_backend_pid());
     CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;
-    SELECT pg_advisory_unlock_all(), pg_advisory_lock(${liveLock}, pg_backend_pid());
     DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES;
-    COMMIT;
     ${guard}`
 }
 

@@ -143,7 +143,7 @@ const taskSession = (
           used = true
           return startRow(session, table, tasks, now, reset)
         }),
-      run: (tasks, stops, events) => runRow(session, table, tasks, stops, events, terminate(session.pid))
+      run: (tasks, stops, events) => runRow(session, tasks, stops, events, terminate(session.pid))
     },
     pid: session.pid,
     start: (task, now) =>
@@ -195,15 +195,15 @@ const startRow = (
   })
 
 /**
- * Runs a started row of tasks: each task's guard and SQL, one message each,
- * all in one write. A STOP of the running task cancels it when it is the
- * row's last, and otherwise ends the session, since a cancel that arrives
- * as the next task begins would reach that one; a STOP of a task that has
- * not begun is its guard's to see. The answers come in order, two a task.
+ * Runs a started row of tasks: each task's reset and SQL, one message each,
+ * all in one write. The answers come in order, two a task. A STOP of the
+ * running task cancels it when it is the row's last; any other STOP ends
+ * the session, since its SQL is already on its way, and a cancel that
+ * arrives as the next task begins would reach that one instead. A task
+ * stopped just as it began is then cut short, and ends stopped.
  */
 const runRow = (
   session: Session.Session,
-  table: TaskTable,
   tasks: ReadonlyArray<ClaimedTask>,
   stops: ReadonlyArray<StopSignal>,
   events: RowEvents,
@@ -217,12 +217,14 @@ const runRow = (
       if (index === last) session.cancel()
       else Effect.runFork(abort)
     }
+    let next = 0
     const unwatch = stops.map((stop, index) =>
       stop.onStop(() => {
         if (running === index) stopRunning(index)
+        else if (index >= next) Effect.runFork(abort)
       })
     )
-    const scripts = tasks.flatMap((task, index) => [Claimer.guardScript(table, task, index > 0), task.input])
+    const scripts = tasks.flatMap((task, index) => [Claimer.guardScript(task, index > 0), task.input])
     const answer = (at: number, answer: Session.Answer) => {
       const index = at >> 1
       if (at % 2 === 0) {
@@ -230,11 +232,13 @@ const runRow = (
           // The task's SQL runs all the same: the session must end before
           // anything after it, and the task runs again.
           unguarded = index
+          next = index + 1
           events.ended(index, { outcome: failed(answer.left.error), clean: false, lost: true })
           Effect.runFork(abort)
           return
         }
         running = index
+        next = index + 1
         events.began(index)
         if (stops[index]!.stopped) stopRunning(index)
         return
