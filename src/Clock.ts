@@ -21,13 +21,21 @@ export interface ClockService {
   readonly sleepUntil: (at: number) => Effect.Effect<void>
 }
 
-/** Host clock plus an offset; both sleep and now go through Effect's clock. */
+/**
+ * Host clock plus an offset; both sleep and now go through Effect's clock.
+ * A sleep until `at` sleeps again while the clock still reads before it: a
+ * timer keeps whole milliseconds, the host clock reads whole milliseconds,
+ * and the offset may change meanwhile, so one sleep can end a little early,
+ * and a planned task must not be looked for before its plan.
+ */
 const withOffset = (offset: Effect.Effect<number>): ClockService => {
   const now = Effect.zipWith(EffectClock.currentTimeMillis, offset, (host, delta) => host + delta)
-  return {
-    now,
-    sleepUntil: (at) => Effect.flatMap(now, (current) => at > current ? Effect.sleep(at - current) : Effect.void)
-  }
+  const sleepUntil = (at: number): Effect.Effect<void> =>
+    Effect.flatMap(now, (current) =>
+      at > current
+        ? Effect.zipRight(Effect.sleep(Math.max(1, Math.ceil(at - current))), Effect.suspend(() => sleepUntil(at)))
+        : Effect.void)
+  return { now, sleepUntil }
 }
 
 export class Clock extends Context.Tag("pg-task/Clock")<Clock, ClockService>() {

@@ -365,8 +365,7 @@ const work = (
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
       // A timer is kept for as long as its deadline holds, rather than made
-      // anew on every wake-up; one that fired has a deadline now past, so it
-      // is replaced. A plan already past is no deadline: its task waits for
+      // anew on every wake-up; one that rang is replaced. A plan already past is no deadline: its task waits for
       // a session, and the end of a task wakes the worker.
       const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
       const deadline = Math.min(now + target.timeout, planned)
@@ -376,6 +375,9 @@ const work = (
         timer = { at: deadline, fiber: yield* Effect.forkScoped(ring) }
       }
       const woken = [yield* Queue.take(reasons), ...(yield* Queue.takeAll(reasons))]
+      // A timer that rang is done: the next round sets a new one, even for
+      // the same deadline.
+      if (woken.includes("TIMER")) timer = undefined
       // A notification or the poll interval may mean new due tasks; a task
       // that ended frees a session, and a group slot for due tasks that their
       // group held back. Running tasks are checked for STOP when a
