@@ -84,11 +84,10 @@ describe("a row of tasks on one session", () => {
           "own_id\ttimeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\nt\t0\ttrue\t0\t0\t0\t1"
         )
         // Each task's start is its own: the second began after the first,
-        // which slept, had stopped.
+        // which slept, had stopped; the row's start, shared, would be before.
         for (let i = 1; i < rows.length; i++) {
           expect(rows[i]!.start!.getTime()).toBeGreaterThanOrEqual(rows[i - 1]!.stop!.getTime())
         }
-        expect(rows[0]!.stop!.getTime() - rows[0]!.start!.getTime()).toBeGreaterThanOrEqual(300)
         expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
           { task: ids[2], n: 1 },
           { task: ids[3], n: 1 }
@@ -110,7 +109,7 @@ describe("a row of tasks on one session", () => {
       })))
 
   it.live("a task stopped while it waits in the row never runs; the tasks after it run once elsewhere", () =>
-    inRow(["SELECT pg_sleep(0.5); " + sideEffect, sideEffect, sideEffect, sideEffect], (ids) =>
+    inRow(["SELECT pg_sleep(1); " + sideEffect, sideEffect, sideEffect, sideEffect], (ids) =>
       Effect.gen(function*() {
         yield* Effect.promise(() =>
           eventually(() => rowsOf(ids), (rows) => rows.every((row) => row.state === "WORK"), 10)
