@@ -143,6 +143,25 @@ describe("a row of tasks on one session", () => {
         ])
       })))
 
+  it.live("a row whose session is ended under it gives its tasks back; each then runs once", () =>
+    inRow(["SELECT pg_sleep(1); " + sideEffect, sideEffect, sideEffect], (ids) =>
+      Effect.gen(function*() {
+        const [sleeper] = yield* Effect.promise(() =>
+          eventually(() => query<{ pid: number }>(database,
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1);%' AND state = 'active'"),
+            (rows) => rows.length === 1, 10)
+        )
+        yield* Effect.promise(() => query(database, "SELECT pg_terminate_backend($1)", [sleeper!.pid]))
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE"])
+        expect(rows[0]!.pid).not.toBe(sleeper!.pid)
+        expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
+          { task: ids[0], n: 1 },
+          { task: ids[1], n: 1 },
+          { task: ids[2], n: 1 }
+        ])
+      })))
+
   it.live("a shutdown that cuts a row short puts its tasks back to PLAN, none of them half run", () =>
     Effect.gen(function*() {
       const ids = yield* inRow(
