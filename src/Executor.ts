@@ -25,8 +25,6 @@ import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 export interface WorkerLink {
   readonly store: TargetStore
   readonly clock: ClockService
-  /** Writes how a run ended; batched with other runs' ends. */
-  readonly finish: (finish: Finish) => Effect.Effect<void, DatabaseError>
   /**
    * Runs `use` with the signal a user's STOP of the task raises, registered
    * with the worker meanwhile, so that the worker's STOP checks see every
@@ -41,7 +39,10 @@ export interface WorkerLink {
   ) => Effect.Effect<A, E>
   /** Tells how long a task ran, ms. */
   readonly took: (ms: number) => void
-  /** Sends how a run ended to the writer; the deferred completes once it is written. */
+  /**
+   * Sends how a run ended to the writer, which writes it batched with other
+   * runs' ends; the deferred completes once it is written.
+   */
   readonly submit: (finish: Finish) => Effect.Effect<Deferred.Deferred<void, DatabaseError>>
 }
 
@@ -158,7 +159,7 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
         if (ran.lost === true) clean = false
         const outcome = stopped ? stoppedRun.outcome : ran.outcome
         const start = began.get(event.index) ?? (yield* link.clock.now)
-        written.push(yield* submit(link, task, session.pid, outcome, start, annotated))
+        written.push((yield* submit(link, task, session.pid, outcome, start, annotated, true)).written)
       }
       yield* Fiber.join(run!)
       yield* putBackRest()
@@ -316,27 +317,31 @@ const record = (
   start: number,
   annotated: Annotate
 ) =>
-  Effect.gen(function*() {
-    const stop = yield* link.clock.now
-    yield* link.finish({ task, pid, outcome, stop, next: nextPlan(task, stop) })
-    yield* count(link, task, outcome, start, stop, annotated)
-    return stop
-  })
+  Effect.flatMap(
+    submit(link, task, pid, outcome, start, annotated, false),
+    ({ stop, written }) => Effect.as(Deferred.await(written), stop)
+  )
 
-/** Sends the outcome to be written, with the task's own start; the deferred completes once it is. */
+/**
+ * Sends the outcome to be written, with the task's own start when `ownStart`
+ * (its row said running before it began); the deferred completes once it is.
+ */
 const submit = (
   link: WorkerLink,
   task: ClaimedTask,
   pid: number,
   outcome: Outcome,
   start: number,
-  annotated: Annotate
+  annotated: Annotate,
+  ownStart: boolean
 ) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
-    const written = yield* link.submit({ task, pid, outcome, start, stop, next: nextPlan(task, stop) })
+    const written = yield* link.submit({
+      task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start }
+    })
     yield* count(link, task, outcome, start, stop, annotated)
-    return written
+    return { stop, written }
   })
 
 const count = (

@@ -207,7 +207,6 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
       submit: (finish) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
           Effect.as(Queue.offer(finishes, [finish, done]), done)),
-      finish: (finish) => Effect.flatMap(link.submit(finish), Deferred.await),
       took: (ms) => {
         recent += (ms - recent) / 10
       }

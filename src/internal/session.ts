@@ -276,6 +276,39 @@ interface Driven {
   getTransactionStatus(): string | null
 }
 
+/** The results of one script as the server sends them: rows by statement, or its command tag. */
+class Results {
+  private results: Array<StatementResult> = []
+  private columns: ReadonlyArray<string> | undefined
+  private rows: Array<ReadonlyArray<string | null>> = []
+
+  describe(message: ServerMessage) {
+    this.columns = message.fields.map((field) => field.name)
+    this.rows = []
+  }
+
+  row(message: { fields: ReadonlyArray<string | null> }) {
+    this.rows.push(message.fields)
+  }
+
+  complete(message: { text: string }) {
+    if (this.columns !== undefined) {
+      this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
+      this.columns = undefined
+      this.rows = []
+    } else {
+      this.results.push({ _tag: "Command", tag: message.text })
+    }
+  }
+
+  /** The results so far; the next script's start afresh. */
+  take(): ReadonlyArray<StatementResult> {
+    const results = this.results
+    this.results = []
+    return results
+  }
+}
+
 /**
  * A query object that node-postgres drives message by message. It keeps each
  * statement's command tag whole (`INSERT 0 1`, `CREATE TABLE`) and each value
@@ -288,9 +321,7 @@ interface Driven {
  * to be answered. The prelude's rows are not kept.
  */
 class TaskQuery {
-  private readonly results: Array<StatementResult> = []
-  private columns: ReadonlyArray<string> | undefined
-  private rows: Array<ReadonlyArray<string | null>> = []
+  private readonly results = new Results()
   private copyRefused = false
   private done = false
   /** How many of the prelude's scripts are still to be answered. */
@@ -331,25 +362,15 @@ class TaskQuery {
   }
 
   handleRowDescription(message: ServerMessage) {
-    if (this.inPrelude) return
-    this.columns = message.fields.map((field) => field.name)
-    this.rows = []
+    if (!this.inPrelude) this.results.describe(message)
   }
 
   handleDataRow(message: { fields: ReadonlyArray<string | null> }) {
-    if (this.inPrelude) return
-    this.rows.push(message.fields)
+    if (!this.inPrelude) this.results.row(message)
   }
 
   handleCommandComplete(message: { text: string }) {
-    if (this.inPrelude) return
-    if (this.columns !== undefined) {
-      this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
-      this.columns = undefined
-      this.rows = []
-    } else {
-      this.results.push({ _tag: "Command", tag: message.text })
-    }
+    if (!this.inPrelude) this.results.complete(message)
   }
 
   handleEmptyQuery() {}
@@ -390,7 +411,7 @@ class TaskQuery {
     }
     if (this.preludeFailure !== undefined) return this.end(Either.left(this.preludeFailure))
     if (this.failure !== undefined) return this.end(Either.left(this.failure))
-    this.end(this.copyRefused ? Either.left(copyFailure) : Either.right(this.results))
+    this.end(this.copyRefused ? Either.left(copyFailure) : Either.right(this.results.take()))
   }
 
   private end(outcome: Outcome) {
@@ -429,9 +450,7 @@ const failureOf = (error: unknown, inPrelude = false): TaskFailure => {
  */
 class PipelineQuery {
   private index = 0
-  private results: Array<StatementResult> = []
-  private columns: ReadonlyArray<string> | undefined
-  private rows: Array<ReadonlyArray<string | null>> = []
+  private readonly results = new Results()
   private failure: TaskFailure | undefined
   private copyRefused = false
   private done = false
@@ -453,22 +472,15 @@ class PipelineQuery {
   }
 
   handleRowDescription(message: ServerMessage) {
-    this.columns = message.fields.map((field) => field.name)
-    this.rows = []
+    this.results.describe(message)
   }
 
   handleDataRow(message: { fields: ReadonlyArray<string | null> }) {
-    this.rows.push(message.fields)
+    this.results.row(message)
   }
 
   handleCommandComplete(message: { text: string }) {
-    if (this.columns !== undefined) {
-      this.results.push({ _tag: "Rows", columns: this.columns, rows: this.rows })
-      this.columns = undefined
-      this.rows = []
-    } else {
-      this.results.push({ _tag: "Command", tag: message.text })
-    }
+    this.results.complete(message)
   }
 
   handleEmptyQuery() {}
@@ -491,9 +503,9 @@ class PipelineQuery {
 
   handleReadyForQuery() {
     const failure = this.failure ?? (this.copyRefused ? copyFailure : undefined)
-    this.answer(this.index, failure === undefined ? Either.right(this.results) : Either.left(failure))
+    const results = this.results.take()
+    this.answer(this.index, failure === undefined ? Either.right(results) : Either.left(failure))
     this.index += 1
-    this.results = []
     this.failure = undefined
     this.copyRefused = false
     if (this.index < this.scripts.length) return this.keepActive()
