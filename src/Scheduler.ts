@@ -188,8 +188,9 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, StopSignal>()
-    // How long tasks took of late, ms: an average that forgets by a tenth a task.
-    let recent = 0
+    // How long tasks took of late, ms: an average that forgets by a tenth a
+    // task; unknown until a task has ended.
+    let recent: number | undefined
     const link: Executor.WorkerLink = {
       store,
       clock: yield* Clock,
@@ -208,7 +209,7 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
           Effect.as(Queue.offer(finishes, [finish, done]), done)),
       took: (ms) => {
-        recent += (ms - recent) / 10
+        recent = recent === undefined ? ms : recent + (ms - recent) / 10
       }
     }
     return { link, stops, recentDuration: () => recent }
@@ -308,12 +309,15 @@ const work = (
     }
     /**
      * How many tasks a session runs in a row: as many as the store allows
-     * while this target's tasks have been short, else one. A row is for a
-     * backlog of short tasks, where a round trip per task costs more than
-     * the tasks; with long ones it would only keep tasks waiting behind a
-     * slow one while other sessions are free.
+     * once this target's tasks have shown to be short, else one. A row is
+     * for a backlog of short tasks, where a round trip per task costs more
+     * than the tasks; with long ones it would only keep tasks waiting behind
+     * a slow one while other sessions are free.
      */
-    const rowLength = () => recentDuration() <= rowTasksUpTo ? store.rowLength : 1
+    const rowLength = () => {
+      const recent = recentDuration()
+      return recent !== undefined && recent <= rowTasksUpTo ? store.rowLength : 1
+    }
     const stopRequested = Effect.gen(function*() {
       if (stops.size === 0) return
       for (const id of yield* store.stopped([...stops.keys()])) {
