@@ -189,8 +189,11 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, StopSignal>()
     // How long tasks took of late, ms: an average that forgets by a tenth a
-    // task; unknown until a task has ended.
-    let recent: number | undefined
+    // task. It starts at zero, so that a backlog found at start runs in rows
+    // at once; one slow task is then enough to stop them. (Starting from
+    // the first task's duration was tried: a new session's first queries
+    // are slow, and the first burst drained at half the pace.)
+    let recent = 0
     const link: Executor.WorkerLink = {
       store,
       clock: yield* Clock,
@@ -209,7 +212,7 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
         Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
           Effect.as(Queue.offer(finishes, [finish, done]), done)),
       took: (ms) => {
-        recent = recent === undefined ? ms : recent + (ms - recent) / 10
+        recent += (ms - recent) / 10
       }
     }
     return { link, stops, recentDuration: () => recent }
@@ -309,15 +312,12 @@ const work = (
     }
     /**
      * How many tasks a session runs in a row: as many as the store allows
-     * once this target's tasks have shown to be short, else one. A row is
-     * for a backlog of short tasks, where a round trip per task costs more
-     * than the tasks; with long ones it would only keep tasks waiting behind
-     * a slow one while other sessions are free.
+     * while this target's tasks have been short, else one. A row is for a
+     * backlog of short tasks, where a round trip per task costs more than
+     * the tasks; with long ones it would only keep tasks waiting behind a
+     * slow one while other sessions are free.
      */
-    const rowLength = () => {
-      const recent = recentDuration()
-      return recent !== undefined && recent <= rowTasksUpTo ? store.rowLength : 1
-    }
+    const rowLength = () => recentDuration() <= rowTasksUpTo ? store.rowLength : 1
     const stopRequested = Effect.gen(function*() {
       if (stops.size === 0) return
       for (const id of yield* store.stopped([...stops.keys()])) {

@@ -202,34 +202,36 @@ describe("a row of tasks on one session", () => {
 })
 
 describe("when rows form", () => {
-  it.live("not before the scheduler has seen its tasks are short: a backlog at start runs a task a session", () =>
-    Effect.gen(function*() {
-      const rows = yield* Effect.promise(() =>
-        query<{ id: string }>(database,
-          `INSERT INTO task (input) SELECT 'SELECT pg_sleep(0.3)' FROM generate_series(1, 3) RETURNING id::text`)
-      )
-      const ids = rows.map((row) => row.id)
-      yield* withScheduler(
-        localScheduler(database, { default_run: "1" }),
-        Effect.gen(function*() {
-          yield* Effect.flatMap(Scheduler, (s) => s.ready)
-          // Three polls while the first task sleeps: never more than one
-          // of them running, since each waits for a session of its own.
-          const seen: Array<number> = []
-          for (let i = 0; i < 3; i++) {
-            yield* Effect.sleep("80 millis")
-            const [row] = yield* Effect.promise(() =>
-              query<{ n: number }>(database,
-                "SELECT count(*)::int AS n FROM task WHERE id = ANY($1::bigint[]) AND state = 'WORK'", [ids])
-            )
-            seen.push(row!.n)
-          }
-          expect(Math.max(...seen)).toBeLessThanOrEqual(1)
-          const ended = yield* awaitTasks(database, ids)
-          expect(ended.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE"])
-        })
-      )
-    }))
+  it.live("not once the target's tasks have been slow: a backlog then runs a task a session", () =>
+    withScheduler(
+      localScheduler(database, { default_run: "1" }),
+      Effect.gen(function*() {
+        yield* Effect.flatMap(Scheduler, (s) => s.ready)
+        const [slow] = yield* Effect.promise(() =>
+          query<{ id: string }>(database, "INSERT INTO task (input) VALUES ('SELECT pg_sleep(0.2)') RETURNING id::text")
+        )
+        yield* awaitTasks(database, [slow!.id])
+        const rows = yield* Effect.promise(() =>
+          query<{ id: string }>(database,
+            `INSERT INTO task (input) SELECT 'SELECT pg_sleep(0.3)' FROM generate_series(1, 3) RETURNING id::text`)
+        )
+        const ids = rows.map((row) => row.id)
+        // Three looks while the first task sleeps: never more than one of
+        // them running, since each waits for a session of its own.
+        const seen: Array<number> = []
+        for (let i = 0; i < 3; i++) {
+          yield* Effect.sleep("80 millis")
+          const [row] = yield* Effect.promise(() =>
+            query<{ n: number }>(database,
+              "SELECT count(*)::int AS n FROM task WHERE id = ANY($1::bigint[]) AND state = 'WORK'", [ids])
+          )
+          seen.push(row!.n)
+        }
+        expect(Math.max(...seen)).toBeLessThanOrEqual(1)
+        const ended = yield* awaitTasks(database, ids)
+        expect(ended.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE"])
+      })
+    ))
 })
 
 describe("which tasks may run in a row", () => {
