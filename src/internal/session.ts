@@ -392,9 +392,7 @@ class TaskQuery {
   }
 
   handleError(error: unknown) {
-    // Without a severity there was no answer from the server: the
-    // connection broke under the task.
-    const failure = failureOf(error, typeof (error as Partial<Pg.DatabaseError>).severity === "string" && this.inPrelude)
+    const failure = failureOf(error, this.inPrelude)
     if (failure.lost) return this.end(Either.left(this.preludeFailure ?? failure))
     if (this.inPrelude) this.preludeFailure = failure
     else this.failure ??= this.copyRefused ? copyFailure : failure
@@ -421,11 +419,15 @@ class TaskQuery {
   }
 }
 
-/** The text of a server's error, or of a broken connection, as a task's failure. */
+/**
+ * The text of a server's error, or of a broken connection (an error without
+ * a severity: no answer from the server), as a task's failure; `inPrelude`
+ * for a server's error in a script of the worker's own.
+ */
 const failureOf = (error: unknown, inPrelude = false): TaskFailure => {
   const server = error as Partial<Pg.DatabaseError>
   if (typeof server.severity !== "string") {
-    return new TaskFailure(formatError({ message: describeCause(error) }), undefined, true, inPrelude)
+    return new TaskFailure(formatError({ message: describeCause(error) }), undefined, true)
   }
   return new TaskFailure(
     formatError({
