@@ -150,13 +150,12 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
         // A STOP of a running task that others follow ends the session
         // under it: the task ends stopped all the same.
         const stopped = stops[event.index]!.stopped
+        if (ran.lost === true) clean = false
         if (ran.lost === true && !stopped) {
-          clean = false
           yield* annotated(Effect.logWarning("the task's session was lost; the task goes back to PLAN"))
           yield* putBack(link, task, session.pid)
           continue
         }
-        if (ran.lost === true) clean = false
         const outcome = stopped ? stoppedRun.outcome : ran.outcome
         const start = began.get(event.index) ?? (yield* link.clock.now)
         written.push((yield* submit(link, task, session.pid, outcome, start, annotated, true)).written)
