@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { liveLock } from "../src/Claimer.js"
 import { Scheduler } from "../src/Scheduler.js"
 import {
   awaitTasks, createDatabase, dropDatabase, insertTasks, localScheduler, sql, withScheduler
 } from "./support/database.js"
+import { leaveLeftovers, leftoverColumns, noLeftovers } from "./support/leftovers.js"
 
 let database: string
 beforeAll(async () => {
@@ -132,20 +132,12 @@ describe("a task runs and writes back what happened", () => {
         // session the first gave back.
         const [firstId, secondId] = yield* insertTasks(database, [
           {
-            input: "SET statement_timeout = 12345; CREATE TEMP TABLE leftover (a int); PREPARE leftover AS SELECT 1; "
-              + "SELECT pg_advisory_lock(42); LISTEN leftover; SET ROLE NONE; SELECT 1",
+            input: `${leaveLeftovers}; SET ROLE NONE; SELECT 1`,
             group: "leaks",
             max: 1
           },
           {
-            input: `SELECT current_setting('statement_timeout') AS timeout,
-                (to_regclass('pg_temp.leftover') IS NULL)::text AS temp_gone,
-                (SELECT count(*) FROM pg_prepared_statements) AS prepared,
-                (SELECT count(*) FROM pg_listening_channels()) AS listening,
-                (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-                  AND objid = 42 AND objsubid = 1) AS task_locks,
-                (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-                  AND classid = ${liveLock} AND objsubid = 2 AND granted) AS liveness_lock`,
+            input: `SELECT ${leftoverColumns}`,
             group: "leaks",
             max: 1
           }
@@ -153,9 +145,7 @@ describe("a task runs and writes back what happened", () => {
         const [first, second] = yield* awaitTasks(database, [firstId!, secondId!])
         expect(first!.state).toBe("DONE")
         expect(second!.pid).toBe(first!.pid)
-        expect(second!.output).toBe(
-          "timeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\n0\ttrue\t0\t0\t0\t1"
-        )
+        expect(second!.output).toBe(noLeftovers)
       })
     ))
 })

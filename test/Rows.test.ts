@@ -6,13 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { liveLock } from "../src/Claimer.js"
 import { fitsInRow } from "../src/Executor.js"
 import { Scheduler } from "../src/Scheduler.js"
 import type { ClaimedTask } from "../src/Task.js"
 import {
   awaitTasks, createDatabase, dropDatabase, eventually, localScheduler, query, scheduler, type TaskRow, withScheduler
 } from "./support/database.js"
+import { leaveLeftovers, leftoverColumns, noLeftovers } from "./support/leftovers.js"
 
 let database: string
 beforeAll(async () => {
@@ -69,18 +69,10 @@ const sideCounts = (ids: ReadonlyArray<string>) =>
 describe("a row of tasks on one session", () => {
   it.live("marks its tasks running together; each runs once, in order, with its own start and clean state", () =>
     inRow([
-      "SELECT pg_sleep(0.3); SET statement_timeout = 12345; CREATE TEMP TABLE leftover (a int); "
-      + "PREPARE leftover AS SELECT 1; SELECT pg_advisory_lock(42); LISTEN leftover; SELECT 1",
+      `SELECT pg_sleep(0.3); ${leaveLeftovers}; SELECT 1`,
       `SELECT current_setting('pg_task.id') = (SELECT max(id)::text FROM task WHERE state = 'WORK'
           AND pid = pg_backend_pid() AND id = current_setting('pg_task.id')::bigint) AS own_id,
-        current_setting('statement_timeout') AS timeout,
-        (to_regclass('pg_temp.leftover') IS NULL)::text AS temp_gone,
-        (SELECT count(*) FROM pg_prepared_statements) AS prepared,
-        (SELECT count(*) FROM pg_listening_channels()) AS listening,
-        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-          AND objid = 42 AND objsubid = 1) AS task_locks,
-        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
-          AND classid = ${liveLock} AND objsubid = 2 AND granted) AS liveness_lock`,
+        ${leftoverColumns}`,
       sideEffect,
       sideEffect
     ], (ids) =>
@@ -94,7 +86,7 @@ describe("a row of tasks on one session", () => {
         expect(rows.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE", "DONE"])
         expect(new Set(rows.map((row) => row.pid)).size).toBe(1)
         expect(rows[1]!.output).toBe(
-          "own_id\ttimeout\ttemp_gone\tprepared\tlistening\ttask_locks\tliveness_lock\nt\t0\ttrue\t0\t0\t0\t1"
+          noLeftovers.replace("timeout", "own_id\ttimeout").replace("\n0", "\nt\t0")
         )
         // Each task's start is its own: the second began after the first,
         // which slept, had stopped; the row's start, shared, would be before.
