@@ -311,6 +311,10 @@ export const startRemote = (worker: Session, table: TaskTable, task: ClaimedTask
  * is deleted when the task asks for it; its next run then has no parent.
  * A row that is no longer held by `pid` (reset meanwhile) is left alone.
  * A task that ran in a row of tasks on one session gets its own `start`.
+ * Rows are found through the input alone, each by its id: with `id = ANY`
+ * as well, the prepared statement's generic plan scanned the rows and
+ * unnested the whole input again for each, so a batch cost the square of
+ * its size (a drain spent more on its ends than on its tasks).
  */
 export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArray<Finish>) => {
   const copied = table.copied.join(", ")
@@ -327,12 +331,12 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
         start = coalesce(to_timestamp(input.start / 1000), task.start),
         stop = to_timestamp(input.stop / 1000), output = input.output, error = input.error
       FROM input
-      WHERE task.id = ANY ($1::bigint[]) AND task.id = input.id AND task.pid = input.pid
+      WHERE task.id = input.id AND task.pid = input.pid
         AND task.state IN ('WORK', 'STOP') AND NOT input.erase
       RETURNING task.*, input.next AS pg_task_next
     ), gone AS (
       DELETE FROM ${table.name} AS task USING input
-      WHERE task.id = ANY ($1::bigint[]) AND task.id = input.id AND task.pid = input.pid
+      WHERE task.id = input.id AND task.pid = input.pid
         AND task.state IN ('WORK', 'STOP') AND input.erase
       RETURNING task.*, input.next AS pg_task_next
     )
@@ -354,13 +358,14 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
 
 /**
  * Puts tasks back to `PLAN`, each only while the backend named with it
- * holds it; used when a worker gives up tasks it claimed or started.
+ * holds it; used when a worker gives up tasks it claimed or started. Rows
+ * are found through the input, as for `finish`.
  */
 export const release = (session: Session, table: TaskTable, held: ReadonlyArray<Held>) =>
   session.query(
     `UPDATE ${table.name} AS task SET state = 'PLAN', pid = NULL, start = NULL
      FROM unnest($1::bigint[], $2::int[]) AS held(id, pid)
-     WHERE task.id = ANY($1::bigint[]) AND task.id = held.id AND task.pid = held.pid
+     WHERE task.id = held.id AND task.pid = held.pid
        AND task.state IN ('TAKE', 'WORK')`,
     [held.map((h) => h.id), held.map((h) => h.pid)]
   )
