@@ -1,5 +1,5 @@
 /**
- * Phase (f), claim time, with no scheduler running: `Claimer.claim(session, table, now, 16)` timed
+ * Phase (f), claim time, with no scheduler running: `Claimer.claim(session, now, 16)` timed
  * 50 times (after 20 untimed warm-up calls) on an empty table, on 1,000,000 finished rows, and on
  * 100,000 due rows (each claim takes 16, which a plain UPDATE then puts back to PLAN, untimed).
  * Every case starts right after VACUUM ANALYZE, so all three run with fresh statistics.
@@ -57,15 +57,15 @@ const timed = (session: Session.Session, times: Array<number>): Session.Session 
 const claimedOf = (result: unknown): ReadonlyArray<{ readonly id: string }> =>
   Array.isArray(result) ? result : (result as { tasks: ReadonlyArray<{ readonly id: string }> }).tasks
 
-const claimOnce = async (session: Session.Session, table: TaskTable) => {
-  const claim = Claimer.claim(session, table, Date.now(), limit).pipe(Effect.timeout("30 seconds"))
+const claimOnce = async (session: Session.Session) => {
+  const claim = Claimer.claim(session, Date.now(), limit).pipe(Effect.timeout("30 seconds"))
   return claimedOf(await Effect.runPromise(claim))
 }
 
 const putBack = (db: Database, ids: ReadonlyArray<string>) =>
   db.query(`UPDATE task SET state = 'PLAN', pid = NULL WHERE id = ANY($1::bigint[])`, [ids])
 
-const measureCase = async (db: Database, session: Session.Session, table: TaskTable, rows: string) => {
+const measureCase = async (db: Database, session: Session.Session, rows: string) => {
   const statements: Array<number> = []
   const calls: Array<number> = []
   const probe = timed(session, statements)
@@ -77,7 +77,7 @@ const measureCase = async (db: Database, session: Session.Session, table: TaskTa
       reported = performance.now()
     }
     const began = performance.now()
-    const tasks = await claimOnce(probe, table)
+    const tasks = await claimOnce(probe)
     const took = performance.now() - began
     if (tasks.length > 0) await putBack(db, tasks.map((task) => task.id))
     if (n < warmUp) continue
@@ -123,12 +123,12 @@ const measureAll = async (db: Database, table: TaskTable): Promise<ClaimResult> 
     // The claim is a function of the worker's session; this session needs its own.
     await Effect.runPromise(Claimer.prepareClaims(session, table))
     await db.query("VACUUM ANALYZE task")
-    const empty = await measureCase(db, session, table, "empty table")
+    const empty = await measureCase(db, session, "empty table")
     await insertRows(db, historyRows, "DONE")
-    const history = await measureCase(db, session, table, `${thousands(historyRows)} finished rows`)
+    const history = await measureCase(db, session, `${thousands(historyRows)} finished rows`)
     await db.query("TRUNCATE task RESTART IDENTITY")
     await insertRows(db, dueRows, "PLAN")
-    const due = await measureCase(db, session, table, `${thousands(dueRows)} due rows (no history)`)
+    const due = await measureCase(db, session, `${thousands(dueRows)} due rows (no history)`)
     return { rounds, empty, history, due }
   } finally {
     await Effect.runPromise(Scope.close(scope, Exit.void))

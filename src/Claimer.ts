@@ -26,13 +26,16 @@ const claimLock = 1885823862
 export const holdLiveLock = (session: Session) =>
   session.query("SELECT pg_advisory_lock($1, pg_backend_pid())", [liveLock])
 
-/** The columns of a claimed task, times as milliseconds; `row` names the table. */
-const taskColumns = (row: string) => `${row}.id::text AS id, ${row}."group", ${row}.max, ${row}.input,
-  (extract(epoch FROM ${row}.plan) * 1000)::float8 AS plan,
-  (extract(epoch FROM ${row}.timeout) * 1000)::float8 AS timeout,
-  (extract(epoch FROM ${row}.repeat) * 1000)::float8 AS repeat,
-  ${row}.drift, ${row}.delete, ${row}.count, (extract(epoch FROM ${row}.live) * 1000)::float8 AS live,
-  ${row}.remote, ${row}.pid AS "claimedBy"`
+/**
+ * The columns of a claimed task, times as milliseconds, each of the type
+ * the claim function returns; `row` names the table.
+ */
+const taskColumns = (row: string) => `${row}.id::text, ${row}."group"::text, ${row}.max::int, ${row}.input::text,
+  (extract(epoch FROM ${row}.plan) * 1000)::float8,
+  (extract(epoch FROM ${row}.timeout) * 1000)::float8,
+  (extract(epoch FROM ${row}.repeat) * 1000)::float8,
+  ${row}.drift::boolean, ${row}.delete::boolean, ${row}.count::int, (extract(epoch FROM ${row}.live) * 1000)::float8,
+  ${row}.remote::text, ${row}.pid::int`
 
 /**
  * Claims up to `limit` due tasks, taken in order of `max` descending, then
@@ -86,26 +89,40 @@ const claimStatement = (table: TaskTable) => `
       AND task.state = 'PLAN'
     RETURNING task.*
   )
-  SELECT * FROM claimed`
+  SELECT ${taskColumns("claimed")} FROM claimed`
 
 /**
- * Creates the claim as a function of the worker's session, in its temporary
- * schema: PL/pgSQL keeps the statement's plan between calls, so a claim is
- * one round trip with no planning. Claims on one table are serialised by a
- * transaction lock, taken before the claim reads the table: each statement
- * of the function sees what committed before it, so two instances cannot
- * both fill a group's last slot.
+ * Creates the claim as functions of the worker's session, in its temporary
+ * schema: PL/pgSQL keeps each statement's plan between calls, so a claim is
+ * one round trip with no planning. `pg_task_claim` claims; `pg_task_after`
+ * tells the earliest plan to come and whether due tasks were left. Claims
+ * on one table are serialised by a transaction lock, taken before the claim
+ * reads the table: each statement of the function sees what committed
+ * before it, so two instances cannot both fill a group's last slot.
  */
 export const prepareClaims = (session: Session, table: TaskTable) =>
-  session.query(`
-    CREATE OR REPLACE FUNCTION pg_temp.pg_task_claim(
-      float8, int, text[], bigint[], text, text, int, boolean
-    ) RETURNS SETOF ${table.name} LANGUAGE plpgsql AS $claim$
+  session.script(`
+    CREATE OR REPLACE FUNCTION pg_temp.pg_task_claim(float8, int, text[], bigint[], text, text, int, boolean)
+    RETURNS TABLE (
+      id text, "group" text, max int, input text, plan float8, timeout float8, repeat float8,
+      drift boolean, delete boolean, count int, live float8, remote text, "claimedBy" int
+    ) LANGUAGE plpgsql AS $claim$
+    #variable_conflict use_column
     BEGIN
       PERFORM pg_advisory_xact_lock(${claimLock}, ${table.oid});
       RETURN QUERY ${claimStatement(table)};
     END
-    $claim$`)
+    $claim$;
+    CREATE OR REPLACE FUNCTION pg_temp.pg_task_after(float8)
+    RETURNS TABLE (plan float8, due boolean) LANGUAGE plpgsql AS $after$
+    #variable_conflict use_column
+    BEGIN
+      RETURN QUERY SELECT
+        (SELECT (extract(epoch FROM min(task.plan)) * 1000)::float8 FROM ${table.name} AS task
+         WHERE task.state = 'PLAN' AND task.plan > to_timestamp($1 / 1000)),
+        EXISTS (SELECT FROM ${table.name} AS task WHERE task.state = 'PLAN' AND task.plan <= to_timestamp($1 / 1000));
+    END
+    $after$`)
 
 /** A value written into a script as a literal, for the simple protocol. */
 const literal = (value: unknown): string => {
@@ -132,15 +149,12 @@ const typed = (values: ReadonlyArray<unknown>, type: string) => ({ values, type 
  * partitioned by state can meet a concurrent change of the same row as a
  * serialization failure; the claim is then tried again.
  */
-const claimScript = (session: Session, table: TaskTable, now: number, args: ReadonlyArray<unknown>) =>
+const claimScript = (session: Session, now: number, args: ReadonlyArray<unknown>) =>
   Effect.gen(function*() {
-    const at = `to_timestamp(${literal(now)}::float8 / 1000)`
-    const results = yield* session.script([
-      `SELECT ${taskColumns("task")} FROM pg_temp.pg_task_claim(${args.map(literal).join(", ")}) AS task`,
-      `SELECT (SELECT (extract(epoch FROM min(plan)) * 1000)::float8 FROM ${table.name}
-               WHERE state = 'PLAN' AND plan > ${at}) AS plan,
-              EXISTS (SELECT FROM ${table.name} WHERE state = 'PLAN' AND plan <= ${at}) AS due`
-    ].join(";\n"))
+    const results = yield* session.script(
+      `SELECT * FROM pg_temp.pg_task_claim(${args.map(literal).join(", ")});
+       SELECT * FROM pg_temp.pg_task_after(${literal(now)})`
+    )
     const [after] = results[1]!
     const claimed: Claimed = {
       tasks: inClaimOrder(results[0] as unknown as ReadonlyArray<ClaimedTask>),
@@ -168,14 +182,12 @@ const inClaimOrder = (tasks: ReadonlyArray<ClaimedTask>) =>
  */
 export const claim = (
   session: Session,
-  table: TaskTable,
   now: number,
   limit: number,
   inProcess: ReadonlyMap<string, number> = new Map()
 ) =>
   claimScript(
     session,
-    table,
     now,
     [now, limit, typed([...inProcess.keys()], "text[]"), typed([...inProcess.values()], "bigint[]"),
       null, null, null, false]
@@ -185,11 +197,10 @@ export const claim = (
  * Claims the next task a reused worker session goes on with: due, of the
  * same group and remote, with a `max` at least as large.
  */
-export const claimNext = (session: Session, table: TaskTable, now: number, after: ClaimedTask) =>
+export const claimNext = (session: Session, now: number, after: ClaimedTask) =>
   Effect.map(
     claimScript(
       session,
-      table,
       now,
       [now, 1, typed([], "text[]"), typed([], "bigint[]"), after.group, after.remote, after.max, true]
     ),
