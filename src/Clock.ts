@@ -10,37 +10,46 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import { Database } from "./Database.js"
 
 export interface ClockService {
   /** The scheduler's now, in milliseconds since the epoch. */
   readonly now: Effect.Effect<number>
+  /**
+   * The same reading, outside an effect: for bookkeeping done in a
+   * driver's callback, many times a millisecond on a busy worker.
+   */
+  readonly unsafeNow: () => number
   /** Sleeps until the scheduler's clock reads `at` (at once if it already does). */
   readonly sleepUntil: (at: number) => Effect.Effect<void>
 }
 
 /**
- * Host clock plus an offset; both sleep and now go through Effect's clock.
+ * A clock plus an offset, both read when the service is made: Effect's
+ * clock then (`TestClock` in a test), and the offset as it stands when read.
  * A sleep until `at` sleeps again while the clock still reads before it: a
  * timer keeps whole milliseconds, the host clock reads whole milliseconds,
  * and the offset may change meanwhile, so one sleep can end a little early,
  * and a planned task must not be looked for before its plan.
  */
-const withOffset = (offset: Effect.Effect<number>): ClockService => {
-  const now = Effect.zipWith(EffectClock.currentTimeMillis, offset, (host, delta) => host + delta)
+const withOffset = (clock: EffectClock.Clock, offset: () => number): ClockService => {
+  const unsafeNow = () => clock.unsafeCurrentTimeMillis() + offset()
+  const now = Effect.sync(unsafeNow)
   const sleepUntil = (at: number): Effect.Effect<void> =>
     Effect.flatMap(now, (current) =>
       at > current
-        ? Effect.zipRight(Effect.sleep(Math.max(1, Math.ceil(at - current))), Effect.suspend(() => sleepUntil(at)))
+        ? Effect.zipRight(
+          clock.sleep(Duration.millis(Math.max(1, Math.ceil(at - current)))),
+          Effect.suspend(() => sleepUntil(at))
+        )
         : Effect.void)
-  return { now, sleepUntil }
+  return { now, unsafeNow, sleepUntil }
 }
 
 export class Clock extends Context.Tag("pg-task/Clock")<Clock, ClockService>() {
   /** Effect's own clock with no offset: `TestClock` under `it.effect`. */
-  static readonly layerTest = Layer.succeed(Clock, withOffset(Effect.succeed(0)))
+  static readonly layerTest = Layer.effect(Clock, Effect.map(Effect.clock, (clock) => withOffset(clock, () => 0)))
 
   /**
    * Follows the server's `clock_timestamp()`: the offset is measured on
@@ -58,15 +67,15 @@ export class Clock extends Context.Tag("pg-task/Clock")<Clock, ClockService>() {
           const after = yield* EffectClock.currentTimeMillis
           return row!.server - (before + after) / 2
         })
-        const offset = yield* Ref.make(yield* measure)
+        let offset = yield* measure
         yield* measure.pipe(
-          Effect.flatMap((delta) => Ref.set(offset, delta)),
+          Effect.flatMap((delta) => Effect.sync(() => (offset = delta))),
           Effect.catchAllCause((cause) => Effect.logDebug("could not measure the server's clock", cause)),
           Effect.repeat(Schedule.spaced(every)),
           Effect.delay(every),
           Effect.forkScoped
         )
-        return withOffset(Ref.get(offset))
+        return withOffset(yield* Effect.clock, () => offset)
       })
     )
 }

@@ -10,14 +10,16 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as LogLevel from "effect/LogLevel"
-import * as Metric from "effect/Metric"
+import type * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import type { ClockService } from "./Clock.js"
 import type { DatabaseError } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 import { errors } from "./Output.js"
-import { type Finish, type Ran, StopSignal, stoppedRun, type TargetStore, type TaskSession } from "./Store.js"
+import {
+  type Finish, type Ran, type RowEvents, StopSignal, stoppedRun, type TargetStore, type TaskSession
+} from "./Store.js"
 import { copiesWithClient, controlsTransaction, split } from "./internal/statements.js"
 import { type ClaimedTask, nextPlan, type Outcome } from "./Task.js"
 
@@ -41,9 +43,10 @@ export interface WorkerLink {
   readonly took: (ms: number) => void
   /**
    * Sends how a run ended to the writer, which writes it batched with other
-   * runs' ends; the deferred completes once it is written.
+   * runs' ends; the deferred completes once it is written. Synchronous, so
+   * that a row's driver callback can send its tasks' ends as they come.
    */
-  readonly submit: (finish: Finish) => Effect.Effect<Deferred.Deferred<void, DatabaseError>>
+  readonly submit: (finish: Finish) => Deferred.Deferred<void, DatabaseError>
 }
 
 /**
@@ -95,11 +98,6 @@ export const execute = (link: WorkerLink, first: ClaimedTask) => {
 
 type Annotate = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
-type RowEvent =
-  | { readonly _tag: "Began"; readonly index: number }
-  | { readonly _tag: "Ended"; readonly index: number; readonly ran: Ran }
-  | { readonly _tag: "Over" }
-
 /**
  * Runs tasks as a row on one session, one after another, sent together:
  * for a backlog of short tasks, where a session's round trip per task costs
@@ -123,46 +121,60 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
       const rows = session.rows!
       started = yield* rows.start(tasks, yield* link.clock.now)
       if (started.length === 0) return session.isHealthy()
-      const events = yield* Queue.unbounded<RowEvent>()
+      const labels = yield* metricLabels
       const stops = started.map(() => new StopSignal())
-      run = yield* link.watchAll(started.map((task) => task.id), stops, () =>
-        rows.run(started, stops, {
-          began: (index) => Queue.unsafeOffer(events, { _tag: "Began", index }),
-          ended: (index, ran) => Queue.unsafeOffer(events, { _tag: "Ended", index, ran })
-        })).pipe(Effect.ensuring(Queue.offer(events, { _tag: "Over" })), Effect.fork)
+      const began: Array<number | undefined> = []
       const written: Array<Deferred.Deferred<void, DatabaseError>> = []
-      const began = new Map<number, number>()
+      const states: Array<readonly [ClaimedTask, Outcome["state"]]> = []
+      // Tasks whose session was lost under them, for this fiber to put back;
+      // then the end of the run.
+      const lost = yield* Queue.unbounded<number | "Over">()
       let clean = true
+      // Starts and ends are counted, and ends sent to be written, in the
+      // driver's callbacks as they come: a row's tasks end many to the
+      // millisecond, and a step of this fiber for each cost more than they.
+      const events: RowEvents = {
+        began: (index) => {
+          const now = link.clock.unsafeNow()
+          began[index] = now
+          countStart(link, started[index]!, now, labels)
+        },
+        ended: (index, ran) => {
+          const task = started[index]!
+          ended.add(index)
+          // A STOP of a running task that others follow ends the session
+          // under it: the task ends stopped all the same.
+          const stopped = stops[index]!.stopped
+          if (ran.lost === true) clean = false
+          if (ran.lost === true && !stopped) {
+            Queue.unsafeOffer(lost, index)
+            return
+          }
+          const outcome = stopped ? stoppedRun.outcome : ran.outcome
+          const stop = link.clock.unsafeNow()
+          written.push(end(link, task, session.pid, outcome, began[index] ?? stop, stop, labels, true))
+          states.push([task, outcome.state])
+        }
+      }
+      run = yield* link.watchAll(started.map((task) => task.id), stops, () => rows.run(started, stops, events)).pipe(
+        Effect.ensuring(Queue.offer(lost, "Over")),
+        Effect.fork
+      )
       for (;;) {
-        const event = yield* Queue.take(events)
-        if (event._tag === "Over") break
-        const task = started[event.index]!
-        const annotated = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-          Effect.annotateLogs(effect, { task: task.id, group: task.group })
-        if (event._tag === "Began") {
-          const now = yield* link.clock.now
-          began.set(event.index, now)
-          yield* countStart(link, task, now)
-          continue
-        }
-        const { ran } = event
-        ended.add(event.index)
-        // A STOP of a running task that others follow ends the session
-        // under it: the task ends stopped all the same.
-        const stopped = stops[event.index]!.stopped
-        if (ran.lost === true) clean = false
-        if (ran.lost === true && !stopped) {
-          yield* annotated(Effect.logWarning("the task's session was lost; the task goes back to PLAN"))
-          yield* putBack(link, task, session.pid)
-          continue
-        }
-        const outcome = stopped ? stoppedRun.outcome : ran.outcome
-        const start = began.get(event.index) ?? (yield* link.clock.now)
-        written.push((yield* submit(link, task, session.pid, outcome, start, annotated, true)).written)
+        const index = yield* Queue.take(lost)
+        if (index === "Over") break
+        const task = started[index]!
+        yield* Effect.logWarning("the task's session was lost; the task goes back to PLAN").pipe(
+          Effect.annotateLogs({ task: task.id, group: task.group })
+        )
+        yield* putBack(link, task, session.pid)
       }
       yield* Fiber.join(run!)
       yield* putBackRest()
       yield* Effect.forEach(written, Deferred.await, { discard: true })
+      if (yield* debugOn) {
+        for (const [task, state] of states) yield* logEnd({ task: task.id, group: task.group }, state)
+      }
       return clean && session.isHealthy()
     }).pipe(
       // Interrupted (shutdown), the row's run ends the session first, so
@@ -230,7 +242,7 @@ const runLocal = (
       if (!started) return { reusable: session.isHealthy() }
       // A store that sends the start with the run learns only from the run
       // that a claim was lost; such a start is counted all the same.
-      yield* countStart(link, task, startedAt)
+      countStart(link, task, startedAt, yield* metricLabels)
       const { outcome, clean, lost, started: began } = yield* withTimeout(task, session.run(task, stop)).pipe(
         Effect.onInterrupt(() => putBack(link, task, session.pid))
       )
@@ -244,7 +256,7 @@ const runLocal = (
         return { reusable: false }
       }
       const reusable = clean && session.isHealthy()
-      const stopped = yield* record(link, task, session.pid, outcome, startedAt, annotated)
+      const stopped = yield* record(link, task, session.pid, outcome, startedAt)
       const next = reusable && goesOn(task, chain, stopped)
         ? yield* link.store.claimNext(stopped, task)
         : undefined
@@ -263,7 +275,7 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, annotated: Annotate) =>
       const now = yield* link.clock.now
       const pid = yield* link.store.startRemote(task, now)
       if (pid === undefined) return
-      yield* countStart(link, task, now)
+      countStart(link, task, now, yield* metricLabels)
       const { outcome, lost } = yield* withTimeout(task, link.store.runRemote(task, stop)).pipe(
         Effect.onInterrupt(() => putBack(link, task))
       )
@@ -271,7 +283,7 @@ const runRemote = (link: WorkerLink, task: ClaimedTask, annotated: Annotate) =>
         yield* annotated(Effect.logWarning("the connection to the remote was lost; the task goes back to PLAN"))
         return yield* putBack(link, task)
       }
-      yield* record(link, task, pid, outcome, now, annotated)
+      yield* record(link, task, pid, outcome, now)
     }))
 
 /**
@@ -302,10 +314,63 @@ const withTimeout = (task: ClaimedTask, run: Effect.Effect<Ran>): Effect.Effect<
 
 const metrics = (link: WorkerLink, task: ClaimedTask) => Metrics.forGroup(link.store.table.label, task.group)
 
-const countStart = (link: WorkerLink, task: ClaimedTask, start: number) => {
+/** The metric labels of the running fiber, which the counts below carry. */
+const metricLabels = FiberRef.get(FiberRef.currentMetricLabels)
+
+type Labels = ReadonlyArray<MetricLabel.MetricLabel>
+
+const countStart = (link: WorkerLink, task: ClaimedTask, start: number, labels: Labels) => {
   const { lateness, started } = metrics(link, task)
-  return Effect.zipRight(Metric.update(started, 1), Metric.update(lateness, Math.max(0, start - task.plan) / 1000))
+  started.unsafeUpdate(1, labels)
+  lateness.unsafeUpdate(Math.max(0, start - task.plan) / 1000, labels)
 }
+
+const countEnd = (
+  link: WorkerLink,
+  task: ClaimedTask,
+  outcome: Outcome,
+  start: number,
+  stop: number,
+  labels: Labels
+) => {
+  link.took(stop - start)
+  const { duration, failed, finished } = metrics(link, task)
+  finished[outcome.state].unsafeUpdate(1, labels)
+  if (outcome.state === "FAIL") failed.unsafeUpdate(1, labels)
+  duration.unsafeUpdate((stop - start) / 1000, labels)
+}
+
+/**
+ * Sends how a run ended to be written, and counts it; the deferred
+ * completes once it is written. `ownStart`: the task's row said running
+ * before it began, so its own start goes with its end.
+ */
+const end = (
+  link: WorkerLink,
+  task: ClaimedTask,
+  pid: number,
+  outcome: Outcome,
+  start: number,
+  stop: number,
+  labels: Labels,
+  ownStart: boolean
+) => {
+  const written = link.submit({ task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start } })
+  countEnd(link, task, outcome, start, stop, labels)
+  return written
+}
+
+/**
+ * Whether debug lines are logged: a line that is then dropped still costs
+ * more than the rest of a short task's bookkeeping, so it is built only then.
+ */
+const debugOn = Effect.map(
+  FiberRef.get(FiberRef.currentMinimumLogLevel),
+  (level) => LogLevel.greaterThanEqual(LogLevel.Debug, level)
+)
+
+const logEnd = (annotations: Record<string, string>, state: Outcome["state"]) =>
+  Effect.logDebug("task ended").pipe(Effect.annotateLogs({ ...annotations, state }))
 
 /** Writes the outcome, with the repeat and delete that follow from it; returns when it ended. */
 const record = (
@@ -313,53 +378,12 @@ const record = (
   task: ClaimedTask,
   pid: number,
   outcome: Outcome,
-  start: number,
-  annotated: Annotate
-) =>
-  Effect.flatMap(
-    submit(link, task, pid, outcome, start, annotated, false),
-    ({ stop, written }) => Effect.as(Deferred.await(written), stop)
-  )
-
-/**
- * Sends the outcome to be written, with the task's own start when `ownStart`
- * (its row said running before it began); the deferred completes once it is.
- */
-const submit = (
-  link: WorkerLink,
-  task: ClaimedTask,
-  pid: number,
-  outcome: Outcome,
-  start: number,
-  annotated: Annotate,
-  ownStart: boolean
+  start: number
 ) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
-    const written = yield* link.submit({
-      task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start }
-    })
-    yield* count(link, task, outcome, start, stop, annotated)
-    return { stop, written }
-  })
-
-const count = (
-  link: WorkerLink,
-  task: ClaimedTask,
-  outcome: Outcome,
-  start: number,
-  stop: number,
-  annotated: Annotate
-) =>
-  Effect.gen(function*() {
-    link.took(stop - start)
-    const { duration, failed, finished } = metrics(link, task)
-    yield* Metric.update(finished[outcome.state], 1)
-    if (outcome.state === "FAIL") yield* Metric.update(failed, 1)
-    yield* Metric.update(duration, (stop - start) / 1000)
-    // Built only when debug logs are on: on a busy worker, a log line that
-    // is then dropped still costs more than the metrics.
-    if (LogLevel.greaterThanEqual(LogLevel.Debug, yield* FiberRef.get(FiberRef.currentMinimumLogLevel))) {
-      yield* annotated(Effect.logDebug("task ended").pipe(Effect.annotateLogs("state", outcome.state)))
-    }
+    const written = end(link, task, pid, outcome, start, stop, yield* metricLabels, false)
+    if (yield* debugOn) yield* logEnd({ task: task.id, group: task.group }, outcome.state)
+    yield* Deferred.await(written)
+    return stop
   })

@@ -11,6 +11,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as FiberMap from "effect/FiberMap"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -208,9 +209,11 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
           ids.forEach((id, index) => stops.set(id, signals[index]!))
           return Effect.ensuring(use(), Effect.sync(() => ids.forEach((id) => stops.delete(id))))
         }),
-      submit: (finish) =>
-        Effect.flatMap(Deferred.make<void, DatabaseError>(), (done) =>
-          Effect.as(Queue.offer(finishes, [finish, done]), done)),
+      submit: (finish) => {
+        const done = Deferred.unsafeMake<void, DatabaseError>(FiberId.none)
+        Queue.unsafeOffer(finishes, [finish, done])
+        return done
+      },
       took: (ms) => {
         recent += (ms - recent) / 10
       }

@@ -95,7 +95,11 @@ const startOf = (options: SimulationOptions) => options.start?.getTime() ?? 0
 /** The scheduler's clock and Effect's (task timeouts, script sleeps), both virtual. */
 const clockLayer = (virtual: VirtualClock) =>
   Layer.merge(
-    Layer.succeed(Clock, { now: virtual.currentTimeMillis, sleepUntil: (at) => virtual.sleepUntil(at) }),
+    Layer.succeed(Clock, {
+      now: virtual.currentTimeMillis,
+      unsafeNow: () => virtual.unsafeCurrentTimeMillis(),
+      sleepUntil: (at) => virtual.sleepUntil(at)
+    }),
     Layer.setClock(virtual)
   )
 
