@@ -4,7 +4,6 @@
  * task of its group without going back through the dispatcher.
  */
 import * as Cause from "effect/Cause"
-import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -43,10 +42,10 @@ export interface WorkerLink {
   readonly took: (ms: number) => void
   /**
    * Sends how a run ended to the writer, which writes it batched with other
-   * runs' ends; the deferred completes once it is written. Synchronous, so
-   * that a row's driver callback can send its tasks' ends as they come.
+   * runs' ends and then calls `written`. Synchronous, so that a row's driver
+   * callback can send its tasks' ends as they come.
    */
-  readonly submit: (finish: Finish) => Deferred.Deferred<void, DatabaseError>
+  readonly submit: (finish: Finish, written: (exit: Exit.Exit<void, DatabaseError>) => void) => void
 }
 
 /**
@@ -124,7 +123,7 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
       const labels = yield* metricLabels
       const stops = started.map(() => new StopSignal())
       const began: Array<number | undefined> = []
-      const written: Array<Deferred.Deferred<void, DatabaseError>> = []
+      const writes = new Writes()
       const states: Array<readonly [ClaimedTask, Outcome["state"]]> = []
       // Tasks whose session was lost under them, for this fiber to put back;
       // then the end of the run.
@@ -152,7 +151,7 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
           }
           const outcome = stopped ? stoppedRun.outcome : ran.outcome
           const stop = link.clock.unsafeNow()
-          written.push(end(link, task, session.pid, outcome, began[index] ?? stop, stop, labels, true))
+          end(link, task, session.pid, outcome, began[index] ?? stop, stop, labels, true, writes.sent())
           states.push([task, outcome.state])
         }
       }
@@ -171,7 +170,7 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
       }
       yield* Fiber.join(run!)
       yield* putBackRest()
-      yield* Effect.forEach(written, Deferred.await, { discard: true })
+      yield* writes.all
       if (yield* debugOn) {
         for (const [task, state] of states) yield* logEnd({ task: task.id, group: task.group }, state)
       }
@@ -341,9 +340,9 @@ const countEnd = (
 }
 
 /**
- * Sends how a run ended to be written, and counts it; the deferred
- * completes once it is written. `ownStart`: the task's row said running
- * before it began, so its own start goes with its end.
+ * Sends how a run ended to be written, and counts it; `written` is called
+ * once it is. `ownStart`: the task's row said running before it began, so
+ * its own start goes with its end.
  */
 const end = (
   link: WorkerLink,
@@ -353,11 +352,38 @@ const end = (
   start: number,
   stop: number,
   labels: Labels,
-  ownStart: boolean
+  ownStart: boolean,
+  written: (exit: Exit.Exit<void, DatabaseError>) => void
 ) => {
-  const written = link.submit({ task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start } })
+  link.submit({ task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start } }, written)
   countEnd(link, task, outcome, start, stop, labels)
-  return written
+}
+
+/**
+ * The ends a row sent to be written and not yet written; `all` waits for
+ * them, and fails as the first that failed. A callback each, not a
+ * deferred: a deferred costs more to make than a short task's bookkeeping.
+ */
+class Writes {
+  private pending = 0
+  private failure: Exit.Exit<void, DatabaseError> | undefined
+  private wake: (() => void) | undefined
+
+  /** Counts an end sent; the callback to give the writer. */
+  sent() {
+    this.pending += 1
+    return (exit: Exit.Exit<void, DatabaseError>) => {
+      this.pending -= 1
+      if (Exit.isFailure(exit)) this.failure ??= exit
+      if (this.pending === 0) this.wake?.()
+    }
+  }
+
+  readonly all = Effect.async<void, DatabaseError>((resume) => {
+    const done = () => resume(this.failure ?? Exit.void)
+    if (this.pending === 0) return done()
+    this.wake = done
+  })
 }
 
 /**
@@ -382,8 +408,10 @@ const record = (
 ) =>
   Effect.gen(function*() {
     const stop = yield* link.clock.now
-    const written = end(link, task, pid, outcome, start, stop, yield* metricLabels, false)
+    const labels = yield* metricLabels
     if (yield* debugOn) yield* logEnd({ task: task.id, group: task.group }, outcome.state)
-    yield* Deferred.await(written)
+    yield* Effect.async<void, DatabaseError>((resume) =>
+      end(link, task, pid, outcome, start, stop, labels, false, resume)
+    )
     return stop
   })

@@ -11,7 +11,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as FiberId from "effect/FiberId"
 import * as FiberMap from "effect/FiberMap"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
@@ -178,14 +177,14 @@ type Reason = Wake | "TIMER"
  */
 const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
   Effect.gen(function*() {
-    type Pending = readonly [Finish, Deferred.Deferred<void, DatabaseError>]
+    type Pending = readonly [Finish, (written: Exit.Exit<void, DatabaseError>) => void]
     const finishes = yield* Queue.unbounded<Pending>()
     yield* Effect.gen(function*() {
       const batch = [...yield* Queue.takeBetween(finishes, 1, 1000)]
       const ends = batch.map(([finish]) => finish)
       const written = yield* Effect.exit(store.finish(ends))
       if (Exit.isSuccess(written) && ends.some((end) => end.next !== null)) yield* Queue.offer(wake, "PLAN")
-      for (const [, done] of batch) yield* Deferred.done(done, written)
+      for (const [, done] of batch) done(written)
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, StopSignal>()
@@ -209,11 +208,7 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
           ids.forEach((id, index) => stops.set(id, signals[index]!))
           return Effect.ensuring(use(), Effect.sync(() => ids.forEach((id) => stops.delete(id))))
         }),
-      submit: (finish) => {
-        const done = Deferred.unsafeMake<void, DatabaseError>(FiberId.none)
-        Queue.unsafeOffer(finishes, [finish, done])
-        return done
-      },
+      submit: (finish, written) => void Queue.unsafeOffer(finishes, [finish, written]),
       took: (ms) => {
         recent += (ms - recent) / 10
       }
