@@ -110,10 +110,14 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
   const ended = new Set<number>()
   let holder: number | undefined
   let run: Fiber.RuntimeFiber<void> | undefined
-  const putBackRest = () =>
-    holder === undefined ? Effect.void : link.store.release(
-      started.filter((_, index) => !ended.has(index)).map((task) => ({ id: task.id, pid: holder! }))
-    ).pipe(Effect.ignore)
+  // The tasks the row started and did not end, which go back to PLAN;
+  // after a row that went to its end, none, and nothing is written.
+  const putBackRest = () => {
+    const rest = started.filter((_, index) => !ended.has(index))
+    return holder === undefined || rest.length === 0
+      ? Effect.void
+      : link.store.release(rest.map((task) => ({ id: task.id, pid: holder! }))).pipe(Effect.ignore)
+  }
   const row = (session: TaskSession) =>
     Effect.gen(function*() {
       holder = session.pid

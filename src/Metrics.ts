@@ -57,27 +57,34 @@ const tagged = <Type extends MetricKeyType.MetricKeyType<any, any>>(
   tags: Record<string, string>
 ) => Metric.fromMetricKey(MetricKey.taggedWithLabels(key, Object.entries(tags).map(([k, v]) => MetricLabel.make(k, v))))
 
-const groupMetrics = new Map<string, GroupMetrics>()
+/** By target, then group: looked up twice a task, so without building a key. */
+const groupMetrics = new Map<string, Map<string, GroupMetrics>>()
+let groupsKept = 0
 
 /** The metrics of a target's group, made once; all forgotten at once should thousands of groups pile up. */
 export const forGroup = (target: string, group: string): GroupMetrics => {
-  const cacheKey = JSON.stringify([target, group])
-  let found = groupMetrics.get(cacheKey)
-  if (found === undefined) {
-    if (groupMetrics.size >= 10_000) groupMetrics.clear()
-    const tags = { target, group }
-    found = {
-      started: tagged(keys.started, tags),
-      finished: {
-        DONE: tagged(keys.finished, { ...tags, state: "DONE" }),
-        FAIL: tagged(keys.finished, { ...tags, state: "FAIL" })
-      },
-      failed: tagged(keys.failed, tags),
-      lateness: tagged(keys.lateness, tags),
-      duration: tagged(keys.duration, tags)
-    }
-    groupMetrics.set(cacheKey, found)
+  let groups = groupMetrics.get(target)
+  let found = groups?.get(group)
+  if (found !== undefined) return found
+  if (groupsKept >= 10_000) {
+    groupMetrics.clear()
+    groupsKept = 0
   }
+  groups = groupMetrics.get(target)
+  if (groups === undefined) groupMetrics.set(target, groups = new Map())
+  const tags = { target, group }
+  found = {
+    started: tagged(keys.started, tags),
+    finished: {
+      DONE: tagged(keys.finished, { ...tags, state: "DONE" }),
+      FAIL: tagged(keys.finished, { ...tags, state: "FAIL" })
+    },
+    failed: tagged(keys.failed, tags),
+    lateness: tagged(keys.lateness, tags),
+    duration: tagged(keys.duration, tags)
+  }
+  groups.set(group, found)
+  groupsKept += 1
   return found
 }
 

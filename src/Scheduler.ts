@@ -296,13 +296,18 @@ const work = (
      */
     const deal = (free: number, length: number) => {
       const hands: Array<Array<ClaimedTask>> = []
+      // The hands whose first task may lead a row (whether a task fits in a
+      // row reads its SQL: asked once a task).
+      const rows: Array<Array<ClaimedTask>> = []
       for (let turn = 0; waiting.length > 0;) {
         if (hands.length < free) {
-          hands.push([waiting.shift()!])
+          const hand = [waiting.shift()!]
+          hands.push(hand)
+          if (Executor.fitsInRow(hand[0]!)) rows.push(hand)
           continue
         }
         if (!Executor.fitsInRow(waiting[0]!)) break
-        const open = hands.filter((hand) => hand.length < length && Executor.fitsInRow(hand[0]!))
+        const open = rows.filter((hand) => hand.length < length)
         if (open.length === 0) break
         open[turn++ % open.length]!.push(waiting.shift()!)
       }
