@@ -328,9 +328,13 @@ const work = (
       }
     })
     // Claimed tasks waiting for a session. A claim takes up to `run` more
-    // than the sessions can run (in rows, while tasks are short), so that a
-    // busy worker claims in batches rather than once per finished task; they
-    // stay `TAKE`, held by the worker's backend, until a session starts them.
+    // than the sessions can run, so that a busy worker claims in batches
+    // rather than once per finished task; while tasks run in rows, a row
+    // more a session, so that a claim takes hundreds at once rather than a
+    // row's worth whenever a row ends (a claim's cost is mostly its own, not
+    // its rows'). They stay `TAKE`, held by the worker's backend, until a
+    // session starts them.
+    const held = () => rowLength() === 1 ? 2 * target.run : (2 * rowLength() + 1) * target.run
     const waiting: Array<ClaimedTask> = []
     let nextPlan: number | null = null
     let mayFindMore = true
@@ -348,7 +352,7 @@ const work = (
       const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
       // Rows may have taken more tasks than a session each, and the row
       // length may have fallen since: then nothing more is wanted yet.
-      const want = (rowLength() + 1) * target.run - busy - waiting.length
+      const want = held() - busy - waiting.length
       if (!stopping && due && waiting.length < target.run && want > 0) {
         const claimed = yield* store.claim(now, want, groups)
         waiting.push(...claimed.tasks)
