@@ -374,12 +374,15 @@ const work = (
       const idle = waiting.length === 0 && running.count === 0
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
-      // A timer is kept for as long as its deadline holds, rather than made
-      // anew on every wake-up; one that rang is replaced. A plan already past is no deadline: its task waits for
-      // a session, and the end of a task wakes the worker.
+      // A timer is kept while it rings no later than the deadline, rather
+      // than made anew on every wake-up (a busy worker wakes for every row
+      // that ends): ringing early costs a look at the table, and the next
+      // round sets the timer again. One that rang is replaced. A plan
+      // already past is no deadline: its task waits for a session, and the
+      // end of a task wakes the worker.
       const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
       const deadline = Math.min(now + target.timeout, planned)
-      if (timer?.at !== deadline) {
+      if (timer === undefined || timer.at > deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
         const ring = Effect.zipRight(clock.sleepUntil(deadline), Effect.asVoid(Queue.offer(reasons, "TIMER")))
         timer = { at: deadline, fiber: yield* Effect.forkScoped(ring) }
