@@ -270,7 +270,11 @@ const numbers = (task: ClaimedTask, ...values: ReadonlyArray<number | string>) =
  * started, which leaves out tasks whose claim was lost. A session an
  * earlier task used is first reset by `DISCARD ALL`, as for a single start.
  * `start` says when the row began; each task's own start is written with
- * its end.
+ * its end. The state is compared as text, which no index's predicate
+ * matches: the tasks are found by their ids in the primary key, never by
+ * a scan of the index of claimed and running rows, whose statistics lag
+ * during a drain and which then holds every claimed task and an entry for
+ * each task that ended since the last vacuum.
  */
 export const startRowScript = (
   table: TaskTable,
@@ -283,7 +287,7 @@ export const startRowScript = (
   const start = `UPDATE ${table.name} AS task
      SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
      FROM (VALUES ${held}) AS held(id, pid)
-     WHERE task.id = held.id AND task.pid = held.pid AND task.state = 'TAKE'
+     WHERE task.id = held.id AND task.pid = held.pid AND task.state::text = 'TAKE'
      RETURNING task.id::text AS id, set_config('synchronous_commit', 'off', true)${
     reset ? `, pg_advisory_lock(${liveLock}, pg_backend_pid())` : ""
   }`
@@ -376,14 +380,15 @@ export const finish = (session: Session, table: TaskTable, finishes: ReadonlyArr
 /**
  * Puts tasks back to `PLAN`, each only while the backend named with it
  * holds it; used when a worker gives up tasks it claimed or started. Rows
- * are found through the input, as for `finish`.
+ * are found through the input, as for `finish`, by their ids (the state
+ * compared as text, as for a row's start).
  */
 export const release = (session: Session, table: TaskTable, held: ReadonlyArray<Held>) =>
   session.query(
     `UPDATE ${table.name} AS task SET state = 'PLAN', pid = NULL, start = NULL
      FROM unnest($1::bigint[], $2::int[]) AS held(id, pid)
      WHERE task.id = held.id AND task.pid = held.pid
-       AND task.state IN ('TAKE', 'WORK')`,
+       AND task.state::text IN ('TAKE', 'WORK')`,
     [held.map((h) => h.id), held.map((h) => h.pid)]
   )
 
