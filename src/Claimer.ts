@@ -270,7 +270,9 @@ const numbers = (task: ClaimedTask, ...values: ReadonlyArray<number | string>) =
  * started, which leaves out tasks whose claim was lost. A session an
  * earlier task used is first reset by `DISCARD ALL`, as for a single start.
  * `start` says when the row began; each task's own start is written with
- * its end. The state is compared as text, which no index's predicate
+ * its end. The setting and the lock are subqueries, evaluated once for
+ * the statement rather than for each task it returns. The state is
+ * compared as text, which no index's predicate
  * matches: the tasks are found by their ids in the primary key, never by
  * a scan of the index of claimed and running rows, whose statistics lag
  * during a drain and which then holds every claimed task and an entry for
@@ -288,8 +290,8 @@ export const startRowScript = (
      SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
      FROM (VALUES ${held}) AS held(id, pid)
      WHERE task.id = held.id AND task.pid = held.pid AND task.state::text = 'TAKE'
-     RETURNING task.id::text AS id, set_config('synchronous_commit', 'off', true)${
-    reset ? `, pg_advisory_lock(${liveLock}, pg_backend_pid())` : ""
+     RETURNING task.id::text AS id, (SELECT set_config('synchronous_commit', 'off', true))${
+    reset ? `, (SELECT pg_advisory_lock(${liveLock}, pg_backend_pid()))` : ""
   }`
   return reset ? ["DISCARD ALL", start] : [start]
 }
