@@ -163,6 +163,12 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
     }
   })
 
+/**
+ * The most tasks one claim takes. A claim's cost is mostly per task beyond
+ * this, and a burst of due tasks starts once the first claim is back.
+ */
+const claimLimit = 256
+
 /** Tasks that took at most this long, on average of late, may run in rows (ms). */
 const rowTasksUpTo = 5
 
@@ -352,7 +358,7 @@ const work = (
       const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
       // Rows may have taken more tasks than a session each, and the row
       // length may have fallen since: then nothing more is wanted yet.
-      const want = held() - busy - waiting.length
+      const want = Math.min(claimLimit, held() - busy - waiting.length)
       if (!stopping && due && waiting.length < target.run && want > 0) {
         const claimed = yield* store.claim(now, want, groups)
         waiting.push(...claimed.tasks)
