@@ -410,6 +410,24 @@ export const reset = (session: Session, table: TaskTable) =>
     (rows) => rows.map((row) => row.id)
   )
 
+/**
+ * How many local tasks are planned within a second of `plan`, counted up
+ * to `most`: the sessions that plan will want.
+ */
+export const plannedAt = (session: Session, table: TaskTable, plan: number, most: number) =>
+  Effect.map(
+    session.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM (
+         SELECT FROM ${table.name}
+         WHERE state = 'PLAN' AND remote IS NULL
+           AND plan >= to_timestamp($1::float8 / 1000) AND plan < to_timestamp($1::float8 / 1000 + 1)
+         LIMIT $2
+       ) AS planned`,
+      [plan, most]
+    ),
+    (rows) => rows[0]?.n ?? 0
+  )
+
 /** Which of these tasks a user has set to `STOP`. */
 export const stopped = (session: Session, table: TaskTable, ids: ReadonlyArray<string>) =>
   Effect.map(

@@ -99,6 +99,12 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       stopped: (ids) => book((s) => Claimer.stopped(s, table, ids)),
       session: sessions.take,
       giveBack: sessions.giveBack,
+      // Simulations open no sessions of their own accord.
+      warm: options.interpret !== undefined ? undefined : (plan, most) =>
+        book((s) => Claimer.plannedAt(s, table, plan, most)).pipe(
+          Effect.flatMap(sessions.warm),
+          Effect.catchAllCause((cause) => Effect.logDebug("could not count the tasks planned next", cause))
+        ),
       startRemote: (task, now) =>
         book((s) => Effect.map(Claimer.startRemote(s, table, task, now), (started) => started ? s.pid : undefined)),
       runRemote: (task, stop) => runRemote(remotes, task, stop)

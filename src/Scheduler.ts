@@ -348,6 +348,8 @@ const work = (
     let checkStops = true
     let checks = 0
     let timer: { readonly at: number; readonly fiber: Fiber.RuntimeFiber<void> } | undefined
+    // The plan whose sessions were last opened ahead.
+    let warmed = Infinity
     while (true) {
       const now = yield* clock.now
       const stopping = yield* Deferred.isDone(shutdown)
@@ -387,6 +389,13 @@ const work = (
       // already past is no deadline: its task waits for a session, and the
       // end of a task wakes the worker.
       const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
+      // Sessions for the next planned tasks are opened ahead of them, once
+      // their plan is two poll intervals away, so that tasks planned for one
+      // instant start then rather than after their connections.
+      if (store.warm !== undefined && planned !== warmed && planned - now <= 2 * target.timeout) {
+        warmed = planned
+        yield* store.warm(planned, target.run)
+      }
       const deadline = Math.min(now + target.timeout, planned)
       if (timer === undefined || timer.at > deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)

@@ -190,6 +190,14 @@ export interface TargetStore {
   readonly session: Effect.Effect<TaskSession, DatabaseError>
   /** Gives a session back: kept for the next task when `reuse`, else closed. */
   readonly giveBack: (session: TaskSession, reuse: boolean) => Effect.Effect<void>
+  /**
+   * Opens sessions ahead of the tasks planned for `plan` (within a second
+   * of it), up to `most` open in all, so that they start on time rather
+   * than after their connections; in the background, and a failure to
+   * connect is left for the tasks' own sessions to report. A store without
+   * sessions to open has none.
+   */
+  readonly warm?: ((plan: number, most: number) => Effect.Effect<void>) | undefined
   /** Marks a remote task running, held by the worker; the holder, or undefined when the claim was lost. */
   readonly startRemote: (task: ClaimedTask, now: number) => Effect.Effect<number | undefined, DatabaseError>
   /** Runs a remote task's input on its remote; `stop` or interrupting it cancels the run. */

@@ -22,6 +22,12 @@ export interface SessionPool<S, E> {
   readonly take: Effect.Effect<S, E>
   /** Keeps the session for the next task when `reuse`, else closes it. */
   readonly giveBack: (session: S, reuse: boolean) => Effect.Effect<void>
+  /**
+   * Opens sessions in the background until `n` are open, lent or being
+   * opened, each kept idle for the next task; one that fails to open is
+   * dropped, and the task that wants it opens its own.
+   */
+  readonly warm: (n: number) => Effect.Effect<void>
 }
 
 /** Idle sessions close after this long; the pool checks them on the same period. */
@@ -59,15 +65,36 @@ export const make = <S, E>(
         ))
     })
 
+    const keep = (session: S, scope: Scope.CloseableScope) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        idle.push({ session, scope, idleSince: now })
+      })
+
+    const pool = yield* Effect.scope
+    let opening = 0
+    const openIdle = Effect.flatMap(Scope.fork(parent, ExecutionStrategy.sequential), (scope) =>
+      Scope.extend(open, scope).pipe(
+        Effect.flatMap((session) => keep(session, scope)),
+        Effect.onError(() => close(scope))
+      )).pipe(Effect.ignore, Effect.ensuring(Effect.sync(() => (opening -= 1))))
+    const warm = (n: number) =>
+      Effect.suspend(() => {
+        const more = n - idle.length - lent.size - opening
+        if (more <= 0) return Effect.void
+        opening += more
+        return Effect.asVoid(Effect.forkIn(
+          Effect.all(Array.from({ length: more }, () => openIdle), { concurrency: "unbounded", discard: true }),
+          pool
+        ))
+      })
+
     const giveBack = (session: S, reuse: boolean) =>
       Effect.suspend(() => {
         const scope = lent.get(key(session))
         if (scope === undefined) return Effect.void
         lent.delete(key(session))
         if (!reuse || !healthy(session)) return close(scope)
-        return Effect.map(Clock.currentTimeMillis, (now) => {
-          idle.push({ session, scope, idleSince: now })
-        })
+        return keep(session, scope)
       })
 
     yield* Effect.gen(function*() {
@@ -77,5 +104,5 @@ export const make = <S, E>(
       yield* Effect.forEach(old, (kept) => close(kept.scope), { discard: true })
     }).pipe(Effect.delay(idleLife), Effect.forever, Effect.forkScoped)
 
-    return { take, giveBack }
+    return { take, giveBack, warm }
   })
