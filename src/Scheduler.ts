@@ -382,12 +382,8 @@ const work = (
       const idle = waiting.length === 0 && running.count === 0
       if (once && idle && !mayFindMore && !dueLeft) return
       if (checkStops) yield* stopRequested
-      // A timer is kept while it rings no later than the deadline, rather
-      // than made anew on every wake-up (a busy worker wakes for every row
-      // that ends): ringing early costs a look at the table, and the next
-      // round sets the timer again. One that rang is replaced. A plan
-      // already past is no deadline: its task waits for a session, and the
-      // end of a task wakes the worker.
+      // A plan already past is no deadline: its task waits for a session,
+      // and the end of a task wakes the worker.
       const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
       // Sessions for the next planned tasks are opened ahead of them, once
       // their plan is two poll intervals away, so that tasks planned for one
@@ -396,6 +392,10 @@ const work = (
         warmed = planned
         yield* store.warm(planned, target.run)
       }
+      // A timer is kept while it rings no later than the deadline, rather
+      // than made anew on every wake-up (a busy worker wakes for every row
+      // that ends): ringing early costs a look at the table, and the next
+      // round sets the timer again. One that rang is replaced.
       const deadline = Math.min(now + target.timeout, planned)
       if (timer === undefined || timer.at > deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
