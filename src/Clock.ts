@@ -49,7 +49,10 @@ const withOffset = (clock: EffectClock.Clock, offset: () => number): ClockServic
 
 export class Clock extends Context.Tag("pg-task/Clock")<Clock, ClockService>() {
   /** Effect's own clock with no offset: `TestClock` under `it.effect`. */
-  static readonly layerTest = Layer.effect(Clock, Effect.map(Effect.clock, (clock) => withOffset(clock, () => 0)))
+  static readonly layerTest = Layer.effect(
+    Clock,
+    Effect.map(Effect.clock, (clock) => withOffset(clock, () => 0))
+  )
 
   /**
    * Follows the server's `clock_timestamp()`: the offset is measured on

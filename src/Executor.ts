@@ -155,11 +155,13 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
           }
           const outcome = stopped ? stoppedRun.outcome : ran.outcome
           const stop = link.clock.unsafeNow()
-          end(link, task, session.pid, outcome, began[index] ?? stop, stop, labels, true, writes.sent())
+          const start = began[index] ?? stop
+          end(link, task, session.pid, outcome, start, stop, labels, true, writes.sent())
           states.push([task, outcome.state])
         }
       }
-      run = yield* link.watchAll(started.map((task) => task.id), stops, () => rows.run(started, stops, events)).pipe(
+      const ids = started.map((task) => task.id)
+      run = yield* link.watchAll(ids, stops, () => rows.run(started, stops, events)).pipe(
         Effect.ensuring(Queue.offer(lost, "Over")),
         Effect.fork
       )
@@ -176,7 +178,9 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
       yield* putBackRest()
       yield* writes.all
       if (yield* debugOn) {
-        for (const [task, state] of states) yield* logEnd({ task: task.id, group: task.group }, state)
+        for (const [task, state] of states) {
+          yield* logEnd({ task: task.id, group: task.group }, state)
+        }
       }
       return clean && session.isHealthy()
     }).pipe(
@@ -359,7 +363,8 @@ const end = (
   ownStart: boolean,
   written: (exit: Exit.Exit<void, DatabaseError>) => void
 ) => {
-  link.submit({ task, pid, outcome, stop, next: nextPlan(task, stop), ...ownStart && { start } }, written)
+  const next = nextPlan(task, stop)
+  link.submit({ task, pid, outcome, stop, next, ...ownStart && { start } }, written)
   countEnd(link, task, outcome, start, stop, labels)
 }
 

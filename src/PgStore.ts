@@ -103,7 +103,9 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       warm: options.interpret !== undefined ? undefined : (plan, most) =>
         book((s) => Claimer.plannedAt(s, table, plan, most)).pipe(
           Effect.flatMap(sessions.warm),
-          Effect.catchAllCause((cause) => Effect.logDebug("could not count the tasks planned next", cause))
+          Effect.catchAllCause((cause) =>
+            Effect.logDebug("could not count the tasks planned next", cause)
+          )
         ),
       startRemote: (task, now) =>
         book((s) => Effect.map(Claimer.startRemote(s, table, task, now), (started) => started ? s.pid : undefined)),

@@ -6,7 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { Scheduler } from "../src/Scheduler.js"
-import { awaitTasks, createDatabase, dropDatabase, localScheduler, query, withScheduler } from "./support/database.js"
+import {
+  awaitTasks, createDatabase, dropDatabase, localScheduler, query, withScheduler
+} from "./support/database.js"
 
 let database: string
 beforeAll(async () => {

@@ -82,10 +82,9 @@ export const make = <S, E>(
         const more = n - idle.length - lent.size - opening
         if (more <= 0) return Effect.void
         opening += more
-        return Effect.asVoid(Effect.forkIn(
-          Effect.all(Array.from({ length: more }, () => openIdle), { concurrency: "unbounded", discard: true }),
-          pool
-        ))
+        const opens = Array.from({ length: more }, () => openIdle)
+        const all = Effect.all(opens, { concurrency: "unbounded", discard: true })
+        return Effect.asVoid(Effect.forkIn(all, pool))
       })
 
     const giveBack = (session: S, reuse: boolean) =>
