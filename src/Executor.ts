@@ -186,7 +186,9 @@ export const executeRow = (link: WorkerLink, tasks: ReadonlyArray<ClaimedTask>) 
     }).pipe(
       // Interrupted (shutdown), the row's run ends the session first, so
       // that nothing put back can still be running.
-      Effect.onInterrupt(() => Effect.zipRight(run === undefined ? Effect.void : Fiber.interrupt(run), putBackRest()))
+      Effect.onInterrupt(() =>
+        Effect.zipRight(run === undefined ? Effect.void : Fiber.interrupt(run), putBackRest())
+      )
     )
   let reuse = false
   return Effect.acquireUseRelease(

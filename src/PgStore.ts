@@ -21,8 +21,8 @@ import * as SessionPool from "./internal/sessionPool.js"
 import { copiesWithClient, split } from "./internal/statements.js"
 import { formatOutput } from "./Output.js"
 import {
-  type Ran, type RowEvents, type StopSignal, stoppable, stoppedRun, Store, type TargetStore, type TaskSession,
-  type Wake
+  type Ran, type RowEvents, type StopSignal, stoppable, stoppedRun, Store, type TargetStore,
+  type TaskSession, type Wake
 } from "./Store.js"
 import type { ClaimedTask, Outcome } from "./Task.js"
 
@@ -179,6 +179,8 @@ const taskSession = (
 
 const failed = (error: string): Outcome => ({ state: "FAIL", output: null, error })
 
+const done = (output: string | null): Outcome => ({ state: "DONE", output, error: null })
+
 /** Marks a row of tasks running on `session`; the tasks it started, in order. */
 const startRow = (
   session: Session.Session,
@@ -259,14 +261,15 @@ const runRow = (
       events.ended(
         index,
         Either.isRight(answer)
-          ? { outcome: { state: "DONE", output: formatOutput(answer.right), error: null }, clean: true }
+          ? { outcome: done(formatOutput(answer.right)), clean: true }
           : { outcome: failed(answer.left.error), clean: true }
       )
     }
     return session.pipeline(scripts, answer, abort).pipe(
       Effect.catchAll((failure) =>
         Effect.sync(() => {
-          if (running >= 0) events.ended(running, { outcome: failed(failure.error), clean: false, lost: true })
+          if (running < 0) return
+          events.ended(running, { outcome: failed(failure.error), clean: false, lost: true })
         })
       ),
       Effect.ensuring(Effect.sync(() => unwatch.forEach((off) => off())))
@@ -296,7 +299,7 @@ export const runInput = (
     Effect.map((results): Ran =>
       stop?.stopped === true
         ? stoppedRun
-        : { outcome: { state: "DONE", output: formatOutput(results), error: null }, clean: true }
+        : { outcome: done(formatOutput(results)), clean: true }
     ),
     Effect.catchAll((failure): Effect.Effect<Ran> => {
       // A stopped run ends as stopped, however its query ended.

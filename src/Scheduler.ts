@@ -286,7 +286,9 @@ const work = (
           running.add(-tasks.length)
           sessions -= 1
         })
-        const execute = tasks.length === 1 ? Executor.execute(link, tasks[0]!) : Executor.executeRow(link, tasks)
+        const execute = tasks.length === 1
+          ? Executor.execute(link, tasks[0]!)
+          : Executor.executeRow(link, tasks)
         yield* FiberMap.run(
           fibers,
           tasks[0]!.id,

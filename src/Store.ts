@@ -158,7 +158,7 @@ export interface RowEvents {
 /** One target's table, open for a worker. */
 export interface TargetStore {
   readonly table: TaskTable
-  /** The most tasks a session runs as a row (see `TaskSession.rows`); 1 for a store without rows. */
+  /** The most tasks a session runs as a row (see `TaskSession.rows`); 1 without rows. */
   readonly rowLength: number
   /** Wake-ups from users' changes to the table: new or re-planned tasks, STOPs. */
   readonly wakes: Queue.Dequeue<Wake>

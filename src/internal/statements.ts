@@ -103,5 +103,6 @@ export const copiesWithClient = (statement: string) => {
  * Whether a statement opens or ends a transaction block, or works inside
  * one: after such statements a session may be left in a transaction.
  */
-export const controlsTransaction = (statement: string) =>
-  /^\s*(begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i.test(mask(statement))
+const transactionControl = /^\s*(begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i
+
+export const controlsTransaction = (statement: string) => transactionControl.test(mask(statement))
