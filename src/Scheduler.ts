@@ -380,6 +380,12 @@ const work = (
       if (free > 0 && waiting.length > 0) {
         const length = Math.min(rowLength(), Math.ceil(waiting.length / free))
         yield* Effect.forEach(deal(free, length), dispatch, { discard: true })
+        // Sessions took what waited: claim again now rather than at the next
+        // wake-up, so that what the worker holds does not hang on whether a
+        // task's end or its repeat's wake-up came first.
+        if (!stopping && mayFindMore && waiting.length < target.run && held() - running.count - waiting.length > 0) {
+          continue
+        }
       }
       const idle = waiting.length === 0 && running.count === 0
       if (once && idle && !mayFindMore && !dueLeft) return

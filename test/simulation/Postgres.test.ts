@@ -7,6 +7,13 @@ import { baseSeed, comparable, generate, play, report, violations } from "./mode
 
 const { seed: base, given } = baseSeed()
 const schedules = given ? 1 : Number(process.env.SIMULATION_POSTGRES_SCHEDULES ?? 20)
+/**
+ * Schedules that once left different rows, played on every run besides the
+ * random ones. 1821925927: a task's end and its repeat's wake-up came in a
+ * different order on each store, and the memory store's worker did not claim
+ * again until the next wake-up.
+ */
+const known = given ? [] : [1821925927]
 
 let database: string
 beforeAll(async () => {
@@ -19,9 +26,10 @@ const playOn = <E>(seed: number, layer: Layer.Layer<Simulation | Scheduler, E>) 
   play(generate(seed)).pipe(Effect.provide(layer), Logger.withMinimumLogLevel(LogLevel.Warning), Effect.runPromise)
 
 describe(`${schedules} random schedules in memory and in PostgreSQL, from seed ${base}`, () => {
-  for (let i = 0; i < schedules; i++) {
-    const seed = base + i
-    it(`schedule ${i + 1} leaves the same rows in both`, async () => {
+  const seeds = [...Array.from({ length: schedules }, (_, i) => base + i), ...known]
+  seeds.forEach((seed, i) => {
+    const name = i < schedules ? `schedule ${i + 1}` : `known schedule ${seed}`
+    it(`${name} leaves the same rows in both`, async () => {
       const schedule = generate(seed)
       const settings = { json: JSON.stringify([{ data: database, table: `sim_${i}`, run: schedule.run }]) }
       const memory = await playOn(seed, Simulation.layer({ settings }))
@@ -33,5 +41,5 @@ describe(`${schedules} random schedules in memory and in PostgreSQL, from seed $
         expect(onServer, report(seed, ["the rows in PostgreSQL differ from the rows in memory"])).toEqual(inMemory)
       }
     })
-  }
+  })
 })
