@@ -286,15 +286,25 @@ export const startRowScript = (
 ): ReadonlyArray<string> => {
   const held = tasks.map((task) => `(${numbers(task, task.id, task.claimedBy).join(", ")})`).join(", ")
   const [at] = numbers(tasks[0]!, now)
-  const start = `UPDATE ${table.name} AS task
+  const start = rowStart(table, held, at!, reset)
+  return reset ? ["DISCARD ALL", start] : [start]
+}
+
+/** The start of the row of tasks `held` lists, as `(id, pid)` values, at `at` ms. */
+const rowStart = (table: TaskTable, held: string, at: string, reset: boolean) =>
+  `UPDATE ${table.name} AS task
      SET state = 'WORK', start = to_timestamp(${at}::float8 / 1000), pid = pg_backend_pid()
      FROM (VALUES ${held}) AS held(id, pid)
      WHERE task.id = held.id AND task.pid = held.pid AND task.state::text = 'TAKE'
      RETURNING task.id::text AS id, (SELECT set_config('synchronous_commit', 'off', true))${
     reset ? `, (SELECT pg_advisory_lock(${liveLock}, pg_backend_pid()))` : ""
   }`
-  return reset ? ["DISCARD ALL", start] : [start]
-}
+
+/**
+ * A row's start that matches no task (no claimed task is held by pid 0),
+ * for a new session to run once, ahead of its first row.
+ */
+export const primeStatement = (table: TaskTable) => rowStart(table, "(0::bigint, 0)", "0", false)
 
 /**
  * What runs before each task of a row, in a message of its own: it sets

@@ -77,14 +77,22 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
     // Ends a task session's backend from outside, as the same role.
     const terminate = (pid: number) =>
       ends((s) => s.query("SELECT pg_terminate_backend($1)", [pid])).pipe(Effect.ignore)
-    const sessions = yield* SessionPool.make(
+    // A session opened ahead of planned tasks also runs a start that
+    // matches no task, so that the first row it starts finds the table's
+    // catalog entries loaded and its statement's shape parsed: a burst's
+    // first rows start on many new backends at once, on the same cores.
+    const openSession = (ahead: boolean) =>
       Effect.gen(function*() {
         const session = yield* Session.open({ ...config, options: checkClient }, "connect to the target")
         yield* Claimer.holdLiveLock(session)
+        if (ahead) yield* session.query(Claimer.primeStatement(table))
         return taskSession(session, table, options.interpret, terminate)
-      }),
+      })
+    const sessions = yield* SessionPool.make(
+      openSession(false),
       (session) => session.pid,
-      (session) => session.isHealthy()
+      (session) => session.isHealthy(),
+      openSession(true)
     )
     const remotes = yield* Remotes.make
     const store: TargetStore = {

@@ -23,9 +23,9 @@ export interface SessionPool<S, E> {
   /** Keeps the session for the next task when `reuse`, else closes it. */
   readonly giveBack: (session: S, reuse: boolean) => Effect.Effect<void>
   /**
-   * Opens sessions in the background until `n` are open, lent or being
-   * opened, each kept idle for the next task; one that fails to open is
-   * dropped, and the task that wants it opens its own.
+   * Opens sessions in the background, by the pool's `openAhead`, until `n`
+   * are open, lent or being opened, each kept idle for the next task; one
+   * that fails to open is dropped, and the task that wants it opens its own.
    */
   readonly warm: (n: number) => Effect.Effect<void>
 }
@@ -37,11 +37,14 @@ const idleLife = Duration.minutes(30)
  * A pool of sessions made by `open`, each in a scope of its own under the
  * pool's, so that closing the pool's scope closes every session. Sessions
  * are known by `key` (their backend pid), so that a caller may wrap them.
+ * Sessions opened ahead of tasks are made by `openAhead`, which may do in
+ * advance what a new session's first task would otherwise wait for.
  */
 export const make = <S, E>(
   open: Effect.Effect<S, E, Scope.Scope>,
   key: (session: S) => number,
-  healthy: (session: S) => boolean
+  healthy: (session: S) => boolean,
+  openAhead: Effect.Effect<S, E, Scope.Scope> = open
 ): Effect.Effect<SessionPool<S, E>, never, Scope.Scope> =>
   Effect.gen(function*() {
     // The sessions' scopes hang under one made now, so that they close
@@ -73,7 +76,7 @@ export const make = <S, E>(
     const pool = yield* Effect.scope
     let opening = 0
     const openIdle = Effect.flatMap(Scope.fork(parent, ExecutionStrategy.sequential), (scope) =>
-      Scope.extend(open, scope).pipe(
+      Scope.extend(openAhead, scope).pipe(
         Effect.flatMap((session) => keep(session, scope)),
         Effect.onError(() => close(scope))
       )).pipe(Effect.ignore, Effect.ensuring(Effect.sync(() => (opening -= 1))))
