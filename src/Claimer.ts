@@ -49,7 +49,8 @@ const taskColumns = (row: string) => `${row}.id::text, ${row}."group"::text, ${r
  * `limit` due rows in `plan` order. Finished rows are in no index it reads.
  * `$1` now in ms, `$2` limit, `$3`/`$4` the in-process group counts; with
  * `$8` true, only tasks a reused session may go on with: group `$5`, remote
- * `$6`, `max` at least `$7`.
+ * `$6`, `max` at least `$7`. Tasks planned after now, up to `$9`, are taken
+ * after every due one, and so never take a group's slot from a due task.
  */
 const claimStatement = (table: TaskTable) => `
   WITH RECURSIVE pairs AS (
@@ -71,17 +72,19 @@ const claimStatement = (table: TaskTable) => `
     SELECT due.* FROM pairs, LATERAL (
       SELECT task.ctid, task.id, task.max, task.plan, task."group" FROM ${table.name} AS task
       WHERE task.state = 'PLAN' AND task."group" = pairs."group" AND task.max = pairs.max
-        AND task.plan <= to_timestamp($1 / 1000)
+        AND task.plan <= to_timestamp($9 / 1000)
         AND (NOT $8 OR task.remote IS NOT DISTINCT FROM $6)
       ORDER BY task.plan, task.id LIMIT $2
     ) AS due
     WHERE NOT $8 OR (pairs."group" = $5 AND pairs.max >= $7)
   ), ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY "group" ORDER BY max DESC, plan, id) AS rank FROM candidates
+    SELECT *, plan > to_timestamp($1 / 1000) AS early,
+      row_number() OVER (PARTITION BY "group" ORDER BY plan > to_timestamp($1 / 1000), max DESC, plan, id) AS rank
+    FROM candidates
   ), picked AS (
     SELECT ranked.ctid, ranked.id FROM ranked LEFT JOIN running USING ("group")
     WHERE coalesce(running.n, 0) + ranked.rank <= ranked.max
-    ORDER BY ranked.max DESC, ranked.plan, ranked.id
+    ORDER BY ranked.early, ranked.max DESC, ranked.plan, ranked.id
     LIMIT $2
   ), claimed AS (
     UPDATE ${table.name} AS task SET state = 'TAKE', pid = pg_backend_pid()
@@ -108,7 +111,7 @@ const claimStatement = (table: TaskTable) => `
  */
 export const prepareClaims = (session: Session, table: TaskTable) =>
   session.script(`
-    CREATE OR REPLACE FUNCTION pg_temp.pg_task_claim(float8, int, text[], bigint[], text, text, int, boolean)
+    CREATE OR REPLACE FUNCTION pg_temp.pg_task_claim(float8, int, text[], bigint[], text, text, int, boolean, float8)
     RETURNS TABLE (
       id text, "group" text, max int, input text, plan float8, timeout float8, repeat float8,
       drift boolean, delete boolean, count int, live float8, remote text, "claimedBy" int
@@ -151,9 +154,9 @@ const typed = (values: ReadonlyArray<unknown>, type: string) => ({ values, type 
 
 /**
  * A claim in one round trip, in one transaction: the claim, and the next
- * plan after `now`. Moving a row between the partitions of a table
- * partitioned by state can meet a concurrent change of the same row as a
- * serialization failure; the claim is then tried again.
+ * plan after `now` of a task left unclaimed. Moving a row between the
+ * partitions of a table partitioned by state can meet a concurrent change
+ * of the same row as a serialization failure; the claim is then tried again.
  */
 const claimScript = (session: Session, now: number, args: ReadonlyArray<unknown>) =>
   Effect.gen(function*() {
@@ -183,20 +186,22 @@ const inClaimOrder = (tasks: ReadonlyArray<ClaimedTask>) =>
  * Claims due tasks for this worker; `now` is the scheduler's clock. The
  * groups this instance is running count as at least `inProcess` says: the
  * in-process gate, so that this instance never oversubscribes a group even
- * if rows were changed under it. Also tells the earliest plan after `now`,
- * for the worker to sleep until.
+ * if rows were changed under it. Tasks planned after `now`, up to `until`,
+ * are claimed after every due one. Also tells the earliest plan after
+ * `now` of the tasks left, for the worker to sleep until.
  */
 export const claim = (
   session: Session,
   now: number,
   limit: number,
-  inProcess: ReadonlyMap<string, number> = new Map()
+  inProcess: ReadonlyMap<string, number> = new Map(),
+  until: number = now
 ) =>
   claimScript(
     session,
     now,
     [now, limit, typed([...inProcess.keys()], "text[]"), typed([...inProcess.values()], "bigint[]"),
-      null, null, null, false]
+      null, null, null, false, until]
   )
 
 /**
@@ -208,7 +213,7 @@ export const claimNext = (session: Session, now: number, after: ClaimedTask) =>
     claimScript(
       session,
       now,
-      [now, 1, typed([], "text[]"), typed([], "bigint[]"), after.group, after.remote, after.max, true]
+      [now, 1, typed([], "text[]"), typed([], "bigint[]"), after.group, after.remote, after.max, true, now]
     ),
     ({ tasks }) => tasks[0]
   )
@@ -422,14 +427,15 @@ export const reset = (session: Session, table: TaskTable) =>
 
 /**
  * How many local tasks are planned within a second of `plan`, counted up
- * to `most`: the sessions that plan will want.
+ * to `most`: the sessions that plan will want. Tasks claimed ahead of that
+ * plan count too.
  */
 export const plannedAt = (session: Session, table: TaskTable, plan: number, most: number) =>
   Effect.map(
     session.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM (
          SELECT FROM ${table.name}
-         WHERE state = 'PLAN' AND remote IS NULL
+         WHERE state IN ('PLAN', 'TAKE') AND remote IS NULL
            AND plan >= to_timestamp($1::float8 / 1000) AND plan < to_timestamp($1::float8 / 1000 + 1)
          LIMIT $2
        ) AS planned`,

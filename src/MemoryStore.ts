@@ -116,18 +116,24 @@ export class MemoryTable {
     this.alive.delete(pid)
   }
 
+  /**
+   * Claims as `TargetStore.claim` says: due rows first, then rows planned
+   * up to `until`; with `after`, only rows a session may go on with after
+   * that task.
+   */
   claim(
     now: number,
     limit: number,
     inProcess: ReadonlyMap<string, number>,
     claimedBy: number,
-    after?: ClaimedTask
+    { after, until = now }: { readonly after?: ClaimedTask; readonly until?: number } = {}
   ): Claimed {
     const planned = this.rows().filter((row) => row.state === "PLAN")
-    // Up to `limit` due rows of each (group, max) pair, in plan order.
+    // Up to `limit` rows of each (group, max) pair planned up to `until`,
+    // in plan order.
     const pairs = new Map<string, Array<TaskRow>>()
     for (const row of planned) {
-      if (row.plan > now) continue
+      if (row.plan > until) continue
       if (after !== undefined && (row.group !== after.group || row.max < after.max || row.remote !== after.remote)) {
         continue
       }
@@ -143,7 +149,8 @@ export class MemoryTable {
     }
     for (const [group, n] of inProcess) running.set(group, Math.max(running.get(group) ?? 0, n))
     const ranks = new Map<string, number>()
-    const picked = candidates.sort(byPriority).filter((row) => {
+    const early = (row: TaskRow) => row.plan > now ? 1 : 0
+    const picked = candidates.sort((a, b) => early(a) - early(b) || byPriority(a, b)).filter((row) => {
       const rank = (ranks.get(row.group) ?? 0) + 1
       ranks.set(row.group, rank)
       return this.fits(row, running.get(row.group) ?? 0, rank)
@@ -306,8 +313,9 @@ const open = (memory: MemoryTable) =>
       table: memory.table,
       rowLength: 1,
       wakes: memory.wakes,
-      claim: (now, limit, inProcess) => Effect.sync(() => memory.claim(now, limit, inProcess, worker)),
-      claimNext: (now, after) => Effect.sync(() => memory.claim(now, 1, new Map(), worker, after).tasks[0]),
+      claim: (now, limit, inProcess, until = now) =>
+        Effect.sync(() => memory.claim(now, limit, inProcess, worker, { until })),
+      claimNext: (now, after) => Effect.sync(() => memory.claim(now, 1, new Map(), worker, { after }).tasks[0]),
       finish: (finishes) => Effect.sync(() => memory.finish(finishes)),
       release: (tasks) => Effect.sync(() => memory.release(tasks)),
       reset: Effect.sync(() => memory.reset()),

@@ -99,7 +99,7 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
       table,
       rowLength: options.interpret === undefined ? rowLength : 1,
       wakes,
-      claim: (now, limit, inProcess) => book((s) => Claimer.claim(s, now, limit, inProcess)),
+      claim: (now, limit, inProcess, until) => book((s) => Claimer.claim(s, now, limit, inProcess, until)),
       claimNext: (now, after) => book((s) => Claimer.claimNext(s, now, after)),
       finish: (finishes) => ends((s) => Effect.asVoid(Claimer.finish(s, table, finishes))),
       release: (held) => ends((s) => Effect.asVoid(Claimer.release(s, table, held))),

@@ -175,6 +175,16 @@ const makeWorker = (target: Target, shutdown: Deferred.Deferred<void>, once: boo
 const firstClaimLimit = 512
 const claimLimit = 1024
 
+/**
+ * How long before their plan tasks are claimed (ms), once nothing due is
+ * left to claim. A claim of hundreds of tasks takes tens of milliseconds,
+ * and more while others run: claimed ahead, tasks planned for one instant
+ * start then, rather than once their claim is back. They wait as `TAKE`,
+ * held by the worker, and hold their group's slots from then on; a due task
+ * always comes first in a claim, so none is kept waiting for one of them.
+ */
+const claimAhead = 200
+
 /** Tasks that took at most this long, on average of late, may run in rows (ms). */
 const rowTasksUpTo = 5
 
@@ -350,6 +360,10 @@ const work = (
     // session starts them.
     const held = () => rowLength() === 1 ? 2 * target.run : (2 * rowLength() + 1) * target.run
     const waiting: Array<ClaimedTask> = []
+    // Tasks claimed ahead of their plan, earliest plan first (in claim order
+    // within a plan); each joins those waiting when its plan comes.
+    const ahead: Array<ClaimedTask> = []
+    const lead = once ? 0 : claimAhead
     let nextPlan: number | null = null
     let mayFindMore = true
     let dueLeft = false
@@ -362,16 +376,22 @@ const work = (
       const now = yield* clock.now
       const stopping = yield* Deferred.isDone(shutdown)
       const busy = running.count
-      if (stopping && waiting.length > 0) {
-        yield* store.release(waiting.splice(0).map((task) => ({ id: task.id, pid: task.claimedBy })))
+      if (stopping && waiting.length + ahead.length > 0) {
+        const given = [...waiting.splice(0), ...ahead.splice(0)]
+        yield* store.release(given.map((task) => ({ id: task.id, pid: task.claimedBy })))
       }
-      const due = mayFindMore || (nextPlan !== null && nextPlan <= now)
+      const come = ahead.findIndex((task) => task.plan > now)
+      waiting.push(...ahead.splice(0, come === -1 ? ahead.length : come))
+      const until = now + lead
+      const due = mayFindMore || (nextPlan !== null && nextPlan <= until)
       // Rows may have taken more tasks than a session each, and the row
       // length may have fallen since: then nothing more is wanted yet.
-      const want = Math.min(busy === 0 ? firstClaimLimit : claimLimit, held() - busy - waiting.length)
+      const holding = busy + waiting.length + ahead.length
+      const want = Math.min(busy === 0 ? firstClaimLimit : claimLimit, held() - holding)
       if (!stopping && due && waiting.length < target.run && want > 0) {
-        const claimed = yield* store.claim(now, want, groups)
-        waiting.push(...claimed.tasks)
+        const claimed = yield* store.claim(now, want, groups, until)
+        for (const task of claimed.tasks) (task.plan <= now ? waiting : ahead).push(task)
+        ahead.sort((a, b) => a.plan - b.plan)
         nextPlan = claimed.nextPlan
         mayFindMore = claimed.tasks.length === want
         dueLeft = claimed.dueLeft
@@ -381,6 +401,9 @@ const work = (
           mayFindMore = true
           continue
         }
+        // A full claim of tasks ahead of their plan: claim the rest now,
+        // while there is time, rather than when their plan comes.
+        if (mayFindMore && waiting.length === 0) continue
       }
       const free = target.run - sessions
       if (free > 0 && waiting.length > 0) {
@@ -389,7 +412,8 @@ const work = (
         // Sessions took what waited: claim again now rather than at the next
         // wake-up, so that what the worker holds does not hang on whether a
         // task's end or its repeat's wake-up came first.
-        if (!stopping && mayFindMore && waiting.length < target.run && held() - running.count - waiting.length > 0) {
+        const holds = running.count + waiting.length + ahead.length
+        if (!stopping && mayFindMore && waiting.length < target.run && held() - holds > 0) {
           continue
         }
       }
@@ -398,7 +422,8 @@ const work = (
       if (checkStops) yield* stopRequested
       // A plan already past is no deadline: its task waits for a session,
       // and the end of a task wakes the worker.
-      const planned = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
+      const unclaimed = nextPlan !== null && nextPlan > now ? nextPlan : Infinity
+      const planned = Math.min(unclaimed, ahead[0]?.plan ?? Infinity)
       // Sessions for the next planned tasks are opened ahead of them, once
       // their plan is two poll intervals away, so that tasks planned for one
       // instant start then rather than after their connections.
@@ -410,7 +435,8 @@ const work = (
       // than made anew on every wake-up (a busy worker wakes for every row
       // that ends): ringing early costs a look at the table, and the next
       // round sets the timer again. One that rang is replaced.
-      const deadline = Math.min(now + target.timeout, planned)
+      const claimAt = unclaimed - lead > now ? unclaimed - lead : Infinity
+      const deadline = Math.min(now + target.timeout, claimAt, planned)
       if (timer === undefined || timer.at > deadline) {
         if (timer !== undefined) yield* Fiber.interrupt(timer.fiber)
         const ring = Effect.zipRight(clock.sleepUntil(deadline), Effect.asVoid(Queue.offer(reasons, "TIMER")))

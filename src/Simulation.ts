@@ -154,7 +154,7 @@ const watch = (watched: Watched, store: TargetStore): TargetStore => {
     })
   return {
     ...store,
-    claim: (now, limit, inProcess) => counted(store.claim(now, limit, inProcess)),
+    claim: (now, limit, inProcess, until) => counted(store.claim(now, limit, inProcess, until)),
     claimNext: (now, after) => counted(store.claimNext(now, after)),
     finish: (finishes) => counted(store.finish(finishes)),
     release: (held) => counted(store.release(held)),

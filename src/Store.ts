@@ -165,12 +165,15 @@ export interface TargetStore {
   /**
    * Claims up to `limit` due tasks in order of `max` descending, `plan`,
    * `id`, within group limits counted over the whole table; the groups this
-   * instance runs count as at least `inProcess` says.
+   * instance runs count as at least `inProcess` says. With `until` later
+   * than `now`, tasks planned up to `until` are claimed too, after every
+   * due one, for the worker to start at their plan.
    */
   readonly claim: (
     now: number,
     limit: number,
-    inProcess: ReadonlyMap<string, number>
+    inProcess: ReadonlyMap<string, number>,
+    until?: number
   ) => Effect.Effect<Claimed, DatabaseError>
   /** Claims the task a session goes on with after `after`: same group and remote, `max` at least as large. */
   readonly claimNext: (now: number, after: ClaimedTask) => Effect.Effect<ClaimedTask | undefined, DatabaseError>

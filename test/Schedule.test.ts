@@ -109,13 +109,74 @@ describe("schedules under TestClock", () => {
       yield* scheduled(Effect.gen(function*() {
         yield* insertTasks(database, [{ input: "SELECT 1", plan: new Date(tomorrow), group: "tomorrow" }])
         yield* TestClock.adjust(minutes(24 * 60) - 1)
+        // Claimed ahead of its plan by now, but not started.
+        const [claimed] = yield* until("tomorrow", (rows) => rows[0]!.state === "TAKE")
+        expect(claimed).toMatchObject({ start: null, output: null })
         yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 300)))
-        expect((yield* Effect.promise(() => rowsOf("tomorrow")))[0]!.state).toBe("PLAN")
+        expect((yield* Effect.promise(() => rowsOf("tomorrow")))[0]).toMatchObject({ state: "TAKE", start: null })
         yield* TestClock.adjust(1)
         yield* until("tomorrow", (rows) => done(rows).length === 1)
       }))
       const [row] = yield* Effect.promise(() => rowsOf("tomorrow"))
       expect(row!.start!.getTime()).toBe(tomorrow)
+    }))
+
+  it.effect("a task is claimed 200 ms before its plan, not earlier, and starts at its plan", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      const plan = T0 + minutes(10)
+      yield* scheduled(Effect.gen(function*() {
+        yield* insertTasks(database, [{ input: "SELECT 1", plan: new Date(plan), group: "ahead" }])
+        yield* TestClock.adjust(minutes(10) - 201)
+        yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 300)))
+        expect((yield* Effect.promise(() => rowsOf("ahead")))[0]).toMatchObject({ state: "PLAN", pid: null })
+        yield* TestClock.adjust(1)
+        yield* until("ahead", (rows) => rows[0]!.state === "TAKE")
+        yield* TestClock.adjust(200)
+        yield* until("ahead", (rows) => done(rows).length === 1)
+      }))
+      const [row] = yield* Effect.promise(() => rowsOf("ahead"))
+      expect(row!.start!.getTime()).toBe(plan)
+    }))
+
+  it.effect("a task claimed ahead never keeps a due task of its group waiting", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      yield* scheduled(Effect.gen(function*() {
+        // With one slot, the due task must come first, though the one
+        // planned 100 ms later has the larger max. Both come in one
+        // statement, so that one claim sees both.
+        yield* Effect.promise(() =>
+          query(
+            database,
+            `INSERT INTO task (input, plan, "group", max)
+             VALUES ('SELECT ''later''', $1, 'first', 2), ('SELECT ''due''', $2, 'first', 1)`,
+            [new Date(T0 + 100), new Date(T0)]
+          )
+        )
+        yield* until("first", (rows) => done(rows).length === 1)
+        yield* TestClock.adjust(100)
+        yield* until("first", (rows) => done(rows).length === 2)
+      }))
+      const rows = yield* Effect.promise(() => rowsOf("first"))
+      expect(rows.map((row) => [row.output, row.start!.getTime()])).toEqual([["later", T0 + 100], ["due", T0]])
+    }))
+
+  it.effect("a task stopped after it was claimed ahead never runs, and the next one does", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(T0)
+      yield* scheduled(Effect.gen(function*() {
+        const [stopped] = yield* insertTasks(database, [{ input: "SELECT 1", plan: new Date(T0 + 150), group: "gone" }])
+        yield* until("gone", (rows) => rows[0]!.state === "TAKE")
+        yield* Effect.promise(() => query(database, `UPDATE task SET state = 'STOP' WHERE id = $1`, [stopped]))
+        yield* TestClock.adjust(150)
+        yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 300)))
+        yield* insertTasks(database, [{ input: "SELECT 2", plan: new Date(T0 + 150), group: "gone" }])
+        yield* until("gone", (rows) => done(rows).length === 1)
+      }))
+      const [stopped, next] = yield* Effect.promise(() => rowsOf("gone"))
+      expect(stopped).toMatchObject({ state: "STOP", start: null, output: null })
+      expect(next).toMatchObject({ state: "DONE", output: "2" })
     }))
 
   it.effect("live '10 min' ends a reused session after ten virtual minutes", () =>
