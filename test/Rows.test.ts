@@ -112,6 +112,46 @@ describe("a row of tasks on one session", () => {
         expect(rows[2]!.error!.startsWith("ERROR:  column \"no_such_column\" does not exist")).toBe(true)
       })))
 
+  it.live("SQL that fails to parse fails alone and runs once; a VACUUM still runs in a row", () =>
+    inRow(["SELECT 1 FROM", sideEffect, "SELECT E'a\\0b'", "VACUUM side", sideEffect, "SELECT 2"], (ids) =>
+      Effect.gen(function*() {
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => [row.state, row.output])).toEqual([
+          ["FAIL", null],
+          ["DONE", "INSERT 0 1"],
+          ["FAIL", null],
+          ["DONE", "VACUUM"],
+          ["DONE", "INSERT 0 1"],
+          ["DONE", "2"]
+        ])
+        expect(rows[0]!.error).toBe("ERROR:  syntax error at end of input")
+        expect(rows[2]!.error).toBe("ERROR:  invalid byte sequence for encoding \"UTF8\": 0x00")
+        expect(new Set(rows.map((row) => row.pid)).size).toBe(1)
+        expect(yield* Effect.promise(() => sideCounts(ids))).toEqual([
+          { task: ids[1], n: 1 },
+          { task: ids[4], n: 1 }
+        ])
+      })))
+
+  it.live("what a query left in the session is gone for the next task, even after a task that failed", () =>
+    inRow([
+      "SELECT set_config('statement_timeout', '12345', false), set_config('search_path', 'nowhere', false), "
+      + "pg_advisory_lock(42)",
+      "SELECT set_config('work_mem', '7MB', false), 1/0",
+      `SELECT current_setting('search_path') AS path, current_setting('work_mem') AS work_mem, ${leftoverColumns}`
+    ], (ids) =>
+      Effect.gen(function*() {
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.map((row) => row.state)).toEqual(["DONE", "FAIL", "DONE"])
+        const [header, values] = noLeftovers.split("\n")
+        const [{ path, work_mem }] = yield* Effect.promise(() =>
+          query<{ path: string; work_mem: string }>(database,
+            "SELECT current_setting('search_path') AS path, current_setting('work_mem') AS work_mem")
+        )
+        expect(rows[2]!.output).toBe(`path\twork_mem\t${header}\n${path}\t${work_mem}\t${values}`)
+        expect(new Set(rows.map((row) => row.pid)).size).toBe(1)
+      })))
+
   it.live("a task stopped while it waits in the row never runs; the tasks after it run once elsewhere", () =>
     inRow(["SELECT pg_sleep(1); " + sideEffect, sideEffect, sideEffect, sideEffect], (ids) =>
       Effect.gen(function*() {
@@ -133,7 +173,7 @@ describe("a row of tasks on one session", () => {
       Effect.gen(function*() {
         yield* Effect.promise(() =>
           eventually(() => query<{ n: number }>(database,
-            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"),
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(30)' AND state = 'active'"),
             ([row]) => row!.n === 1, 10)
         )
         yield* Effect.promise(() => query(database, "UPDATE task SET state = 'STOP' WHERE id = $1", [ids[0]]))
@@ -152,7 +192,7 @@ describe("a row of tasks on one session", () => {
       Effect.gen(function*() {
         const [sleeper] = yield* Effect.promise(() =>
           eventually(() => query<{ pid: number }>(database,
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1);%' AND state = 'active'"),
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(1);%' AND state = 'active' AND pid <> pg_backend_pid()"),
             (rows) => rows.length === 1, 10)
         )
         yield* Effect.promise(() => query(database, "SELECT pg_terminate_backend($1)", [sleeper!.pid]))
@@ -174,7 +214,7 @@ describe("a row of tasks on one session", () => {
           Effect.as(
             Effect.promise(() =>
               eventually(() => query<{ n: number }>(database,
-                "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"),
+                "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(30)' AND state = 'active'"),
                 ([row]) => row!.n === 1, 10)
             ),
             ids
