@@ -185,7 +185,14 @@ const claimLimit = 1024
  */
 const claimAhead = 200
 
-/** Tasks that took at most this long, on average of late, may run in rows (ms). */
+/**
+ * Tasks that took at most this long of the instance's time, on average of
+ * late, may run in rows (ms): a task's duration divided by the sessions
+ * busy when it ended. A backlog on many sessions makes each task's own
+ * duration long, however little it costs: sixteen sessions of `SELECT 1`
+ * one at a time, at a thousand tasks a second, take 16 ms each, and rows,
+ * stopped once, would not come back while the backlog lasted.
+ */
 const rowTasksUpTo = 5
 
 /** What wakes a worker: its store's wake-ups, and its own timer. */
@@ -197,7 +204,7 @@ type Reason = Wake | "TIMER"
  * was on its way goes out in the next. A write that planned repeats wakes
  * the worker through `wake`, so it need not wait for the table's trigger.
  */
-const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
+const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>, busy: () => number) =>
   Effect.gen(function*() {
     type Pending = readonly [Finish, (written: Exit.Exit<void, DatabaseError>) => void]
     const finishes = yield* Queue.unbounded<Pending>()
@@ -210,8 +217,9 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
     }).pipe(Effect.forever, Effect.forkScoped)
     // Every running task's STOP signal, by id, for the worker's STOP checks.
     const stops = new Map<string, StopSignal>()
-    // How long tasks took of late, ms: an average that forgets by a tenth a
-    // task. It starts at zero, so that a backlog found at start runs in rows
+    // How long tasks took of late, ms of the instance's time (see
+    // `rowTasksUpTo`): an average that forgets by a tenth a task. It starts
+    // at zero, so that a backlog found at start runs in rows
     // at once; one slow task is then enough to stop them. (Starting from
     // the first task's duration was tried: a new session's first queries
     // are slow, and the first burst drained at half the pace.)
@@ -232,7 +240,7 @@ const makeLink = (store: TargetStore, wake: Queue.Enqueue<Reason>) =>
         }),
       submit: (finish, written) => void Queue.unsafeOffer(finishes, [finish, written]),
       took: (ms) => {
-        recent += (ms - recent) / 10
+        recent += (ms / Math.max(1, busy()) - recent) / 10
       }
     }
     return { link, stops, recentDuration: () => recent }
@@ -256,7 +264,9 @@ const work = (
     // shutdown. Waiting on one queue costs no fibers, where a race of the
     // sources forked one a source on every wake-up.
     const reasons = yield* Queue.unbounded<Reason>()
-    const { link, recentDuration, stops } = yield* makeLink(store, reasons)
+    // Sessions in use; a session may run a row of several tasks.
+    let sessions = 0
+    const { link, recentDuration, stops } = yield* makeLink(store, reasons, () => sessions)
     const resets = Metrics.tasksReset.pipe(Metric.tagged("target", table.label))
     /** Puts back the tasks of dead workers; how many. */
     const reset = Effect.flatMap(store.reset, (ids) =>
@@ -289,8 +299,6 @@ const work = (
       if (n > 0) groups.set(group, n)
       else groups.delete(group)
     }
-    // Sessions in use; a session may run a row of several tasks.
-    let sessions = 0
     /** Runs tasks on one session: one alone, or several as a row. */
     const dispatch = (tasks: ReadonlyArray<ClaimedTask>) =>
       Effect.gen(function*() {

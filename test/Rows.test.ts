@@ -265,6 +265,40 @@ describe("when rows form", () => {
     ))
 })
 
+describe("when rows form again", () => {
+  it.live("after a slow task, once a backlog on many sessions shows each task costs little", () =>
+    withScheduler(
+      localScheduler(database, { default_run: "16" }),
+      Effect.gen(function*() {
+        yield* Effect.flatMap(Scheduler, (s) => s.ready)
+        const [slow] = yield* Effect.promise(() =>
+          query<{ id: string }>(database, "INSERT INTO task (input) VALUES ('SELECT pg_sleep(0.5)') RETURNING id::text")
+        )
+        yield* awaitTasks(database, [slow!.id])
+        // Each takes 10 ms on its own, but 16 run at once: rows pay.
+        const rows = yield* Effect.promise(() =>
+          query<{ id: string }>(database,
+            `INSERT INTO task (input) SELECT 'SELECT pg_sleep(0.01)' FROM generate_series(1, 1000) RETURNING id::text`)
+        )
+        const ids = rows.map((row) => row.id)
+        let most = 0
+        for (let look = 0; look < 400 && most <= 1; look++) {
+          const [row] = yield* Effect.promise(() =>
+            query<{ n: number }>(database,
+              `SELECT coalesce(max(n), 0)::int AS n FROM (
+                 SELECT count(*) AS n FROM task WHERE id = ANY($1::bigint[]) AND state = 'WORK' GROUP BY pid
+               ) AS sessions`, [ids])
+          )
+          most = Math.max(most, row!.n)
+          yield* Effect.sleep("5 millis")
+        }
+        expect(most).toBeGreaterThan(1)
+        const ended = yield* awaitTasks(database, ids, "task", 60)
+        expect(ended.every((row) => row.state === "DONE")).toBe(true)
+      })
+    ))
+})
+
 describe("which tasks may run in a row", () => {
   const task = (input: string, fields: Partial<ClaimedTask> = {}): ClaimedTask => ({
     id: "1", group: "group", max: 1, input, plan: 0, timeout: null, repeat: null, drift: true, delete: false,
