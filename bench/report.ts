@@ -46,7 +46,11 @@ const throughputFigures = (r: ThroughputResult | undefined): Array<Figure> => {
     figure("throughput (commit to last DONE)", r?.tasksPerSecond ?? null, "tasks/s", ">= 10000", (v) =>
       v >= 10_000 && r!.finished, note),
     figure("throughput (max(stop) - min(start))", r?.spanTasksPerSecond ?? null, "tasks/s", "", undefined,
-      note)
+      note),
+    figure("throughput: scheduler CPU a task", r?.cpu.processUs ?? null, "us", "", undefined,
+      "this process: the scheduler and the driver"),
+    figure("throughput: server CPU a task", r?.cpu.serverUs ?? null, "us", "", undefined,
+      "every postgres process on this machine")
   ]
 }
 

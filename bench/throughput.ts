@@ -2,8 +2,10 @@
  * Phase (a), throughput: with the scheduler running, 20,000 `SELECT 1` tasks are inserted in one
  * statement; tasks per second = 20,000 / the time from the insert's commit (its return to the
  * driver) until a poll every 50 ms sees every row DONE or FAIL. The span max(stop) - min(start)
- * of the rows is reported too.
+ * of the rows is reported too, and the CPU a task of the scheduler's process and of the server,
+ * which move less from run to run than the rate.
  */
+import { countCpu, type CpuPerTask } from "./cpu.js"
 import { pollUntil, round, say, thousands } from "./progress.js"
 import { withScheduler } from "./scheduler.js"
 import { type Database, inDatabase, multi, type Server } from "./server.js"
@@ -25,6 +27,8 @@ export interface ThroughputResult {
   readonly spanTasksPerSecond: number | null
   /** The last row's stop after the commit, by the server's clock. */
   readonly lastStopAfterCommitMs: number | null
+  /** From the insert to the poll that saw the last row end. */
+  readonly cpu: CpuPerTask
 }
 
 interface Ended {
@@ -66,6 +70,7 @@ const span = async (db: Database, committed: number) =>
 
 const measure = async (db: Database): Promise<ThroughputResult> => {
   say(`[a] inserting ${thousands(tasks)} tasks in one statement`)
+  const cpu = countCpu()
   const insert = await insertAll(db)
   say(`[a] inserted and committed in ${insert.insertMs.toFixed(0)} ms; waiting for them to end`)
   const polled = await pollUntil(() => countEnded(db), (n) => n.ended >= tasks, {
@@ -75,6 +80,7 @@ const measure = async (db: Database): Promise<ThroughputResult> => {
       say(`[a] ${thousands(n.ended)}/${thousands(tasks)} ended, ${(elapsed / 1000).toFixed(1)} s, `
         + `${Math.round(n.ended / (elapsed / 1000))} tasks/s so far`)
   }, insert.committedAt)
+  const cpuPerTask = cpu(tasks)
   const { span: spanMs, last } = await span(db, insert.committed)
   const { ended, failed } = polled.value
   return {
@@ -87,7 +93,8 @@ const measure = async (db: Database): Promise<ThroughputResult> => {
     tasksPerSecond: round(ended / (polled.elapsed / 1000), 1),
     spanMs: spanMs === null ? null : round(spanMs, 1),
     spanTasksPerSecond: spanMs === null || spanMs <= 0 ? null : round(ended / (spanMs / 1000), 1),
-    lastStopAfterCommitMs: last === null ? null : round(last, 1)
+    lastStopAfterCommitMs: last === null ? null : round(last, 1),
+    cpu: cpuPerTask
   }
 }
 
