@@ -232,21 +232,48 @@ describe("a row of tasks on one session", () => {
     }))
 })
 
+/**
+ * Runs `slow` alone on a scheduler of `run` sessions, so that the target's
+ * tasks have lately been slow, then inserts `count` tasks of `input` in one
+ * statement and hands their ids to `body`.
+ */
+const afterSlowTask = <A>(
+  run: number,
+  slow: string,
+  backlog: { readonly input: string; readonly count: number },
+  body: (ids: ReadonlyArray<string>) => Effect.Effect<A>
+) =>
+  withScheduler(
+    localScheduler(database, { default_run: String(run) }),
+    Effect.gen(function*() {
+      yield* Effect.flatMap(Scheduler, (s) => s.ready)
+      const [first] = yield* Effect.promise(() =>
+        query<{ id: string }>(database, "INSERT INTO task (input) VALUES ($1) RETURNING id::text", [slow])
+      )
+      yield* awaitTasks(database, [first!.id])
+      const rows = yield* Effect.promise(() =>
+        query<{ id: string }>(database,
+          "INSERT INTO task (input) SELECT $1 FROM generate_series(1, $2) RETURNING id::text",
+          [backlog.input, backlog.count])
+      )
+      return yield* body(rows.map((row) => row.id))
+    })
+  )
+
+/** The most tasks of `ids` running on one session at once, as seen now. */
+const mostOnOneSession = (ids: ReadonlyArray<string>) =>
+  Effect.promise(async () => {
+    const [row] = await query<{ n: number }>(database,
+      `SELECT coalesce(max(n), 0)::int AS n FROM (
+         SELECT count(*) AS n FROM task WHERE id = ANY($1::bigint[]) AND state = 'WORK' GROUP BY pid
+       ) AS sessions`, [ids])
+    return row!.n
+  })
+
 describe("when rows form", () => {
   it.live("not once the target's tasks have been slow: a backlog then runs a task a session", () =>
-    withScheduler(
-      localScheduler(database, { default_run: "1" }),
+    afterSlowTask(1, "SELECT pg_sleep(0.2)", { input: "SELECT pg_sleep(0.3)", count: 3 }, (ids) =>
       Effect.gen(function*() {
-        yield* Effect.flatMap(Scheduler, (s) => s.ready)
-        const [slow] = yield* Effect.promise(() =>
-          query<{ id: string }>(database, "INSERT INTO task (input) VALUES ('SELECT pg_sleep(0.2)') RETURNING id::text")
-        )
-        yield* awaitTasks(database, [slow!.id])
-        const rows = yield* Effect.promise(() =>
-          query<{ id: string }>(database,
-            `INSERT INTO task (input) SELECT 'SELECT pg_sleep(0.3)' FROM generate_series(1, 3) RETURNING id::text`)
-        )
-        const ids = rows.map((row) => row.id)
         // Three looks while the first task sleeps: never more than one of
         // them running, since each waits for a session of its own.
         const seen: Array<number> = []
@@ -261,42 +288,21 @@ describe("when rows form", () => {
         expect(Math.max(...seen)).toBeLessThanOrEqual(1)
         const ended = yield* awaitTasks(database, ids)
         expect(ended.map((row) => row.state)).toEqual(["DONE", "DONE", "DONE"])
-      })
-    ))
-})
+      })))
 
-describe("when rows form again", () => {
-  it.live("after a slow task, once a backlog on many sessions shows each task costs little", () =>
-    withScheduler(
-      localScheduler(database, { default_run: "16" }),
+  // Each takes 10 ms on its own, but 16 run at once: rows pay.
+  it.live("again after a slow task, once a backlog on many sessions shows each task costs little", () =>
+    afterSlowTask(16, "SELECT pg_sleep(0.5)", { input: "SELECT pg_sleep(0.01)", count: 1000 }, (ids) =>
       Effect.gen(function*() {
-        yield* Effect.flatMap(Scheduler, (s) => s.ready)
-        const [slow] = yield* Effect.promise(() =>
-          query<{ id: string }>(database, "INSERT INTO task (input) VALUES ('SELECT pg_sleep(0.5)') RETURNING id::text")
-        )
-        yield* awaitTasks(database, [slow!.id])
-        // Each takes 10 ms on its own, but 16 run at once: rows pay.
-        const rows = yield* Effect.promise(() =>
-          query<{ id: string }>(database,
-            `INSERT INTO task (input) SELECT 'SELECT pg_sleep(0.01)' FROM generate_series(1, 1000) RETURNING id::text`)
-        )
-        const ids = rows.map((row) => row.id)
         let most = 0
         for (let look = 0; look < 400 && most <= 1; look++) {
-          const [row] = yield* Effect.promise(() =>
-            query<{ n: number }>(database,
-              `SELECT coalesce(max(n), 0)::int AS n FROM (
-                 SELECT count(*) AS n FROM task WHERE id = ANY($1::bigint[]) AND state = 'WORK' GROUP BY pid
-               ) AS sessions`, [ids])
-          )
-          most = Math.max(most, row!.n)
+          most = Math.max(most, yield* mostOnOneSession(ids))
           yield* Effect.sleep("5 millis")
         }
         expect(most).toBeGreaterThan(1)
         const ended = yield* awaitTasks(database, ids, "task", 60)
         expect(ended.every((row) => row.state === "DONE")).toBe(true)
-      })
-    ))
+      })))
 })
 
 describe("which tasks may run in a row", () => {
