@@ -125,12 +125,13 @@ const open = (database: Database["Type"], target: Target, options: PgStoreOption
 /**
  * The most tasks a session runs in a row. A row costs the scheduler and the
  * server about as much again as its tasks (its start, its dispatch, the
- * wake-ups of both processes), so longer rows drain faster: measured on two
- * cores, 32 drained a quarter faster than 16, and 64 another sixth; but a
- * slow task keeps the rest of its row waiting, and 64 made the first tasks
- * of a burst later. 32 it is.
+ * wake-ups of both processes), so longer rows drain faster; but a slow task
+ * keeps the rest of its row waiting. Measured on two cores (`npm run bench`,
+ * alternating builds): 64 drained 12,300-13,000 tasks/s where 32 drained
+ * 9,700-10,000, and a burst of 1,000 ended 55-59 ms late at p99 instead of
+ * 84-98; 128 drained no faster and started a burst's median task later.
  */
-const rowLength = 32
+const rowLength = 64
 
 /** Runs work on `session` one piece at a time. */
 const serialised = (session: Session.Session) =>

@@ -359,14 +359,16 @@ const work = (
         stops.get(id)?.stop()
       }
     })
-    // Claimed tasks waiting for a session. A claim takes up to `run` more
-    // than the sessions can run, so that a busy worker claims in batches
-    // rather than once per finished task; while tasks run in rows, a row
-    // more a session, so that a claim takes hundreds at once rather than a
-    // row's worth whenever a row ends (a claim's cost is mostly its own, not
-    // its rows'). They stay `TAKE`, held by the worker's backend, until a
-    // session starts them.
-    const held = () => rowLength() === 1 ? 2 * target.run : (2 * rowLength() + 1) * target.run
+    // Claimed tasks waiting for a session. A worker holds, claimed or
+    // running, up to `run` more tasks than its sessions run, so that a busy
+    // worker claims in batches rather than once per finished task; while
+    // tasks run in rows, a row a session and a quarter more, so that a
+    // session whose row ends finds its next row waiting while the claim that
+    // refills it is on its way. Holding a row more a session drained no
+    // faster, and kept more of a backlog from the target's other instances.
+    // They stay `TAKE`, held by the worker's backend, until a session starts
+    // them.
+    const held = () => rowLength() === 1 ? 2 * target.run : Math.ceil(1.25 * rowLength() * target.run)
     const waiting: Array<ClaimedTask> = []
     // Tasks claimed ahead of their plan, earliest plan first (in claim order
     // within a plan); each joins those waiting when its plan comes.

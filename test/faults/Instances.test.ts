@@ -31,7 +31,7 @@ const errorLines = (binary: Running) => [
 ]
 
 describe("several instances on one table", () => {
-  it("three binaries started at once drain 3,000 tasks, each run exactly once, spread over all three", async () => {
+  it("three binaries drain 3,000 tasks inserted at once, each run exactly once, spread over all three", async () => {
     const database = await createDatabase("drain")
     const binaries: Array<Running> = []
     try {
@@ -40,10 +40,13 @@ describe("several instances on one table", () => {
       await query(database,
         "CREATE TABLE side (task bigint NOT NULL, port int DEFAULT inet_client_port(), backend int DEFAULT pg_backend_pid())")
       await bootstrap(database)
-      await query(database, `INSERT INTO task (input) SELECT $1 FROM generate_series(1, 3000)`, [sideEffect])
-      const began = Date.now()
       for (let i = 0; i < 3; i++) binaries.push(startBinary(database, [{ data: database }]))
       await Promise.all(binaries.map((binary) => binary.waitFor(/target started/, 25)))
+      // Inserted once all three listen: each instance holds up to a thousand
+      // or so tasks at a time, so a backlog found at start could be taken by
+      // the first two to start before the third is up.
+      const began = Date.now()
+      await query(database, `INSERT INTO task (input) SELECT $1 FROM generate_series(1, 3000)`, [sideEffect])
       const ended = await eventually(
         () => query<{ open: number }>(database,
           "SELECT count(*)::int AS open FROM task WHERE state NOT IN ('DONE', 'FAIL', 'STOP')"),
@@ -81,7 +84,7 @@ describe("several instances on one table", () => {
         else perInstance[owner] += n
       }
       const errors = binaries.map((binary) => errorLines(binary))
-      console.log(`[instances] injected: 3 binaries started at once on 3,000 queued side-effect tasks; `
+      console.log(`[instances] injected: 3,000 side-effect tasks in one insert, 3 binaries listening; `
         + `checked: all 3,000 DONE, each id once in side (rows ${side!.rows}, distinct ${side!.tasks}), `
         + `tasks per instance ${perInstance.join("/")} (${unknown} unattributed), `
         + `errors logged ${errors.map((lines) => lines.length).join("/")}, drained in ${drained} ms`)
