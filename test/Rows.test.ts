@@ -98,6 +98,22 @@ describe("a row of tasks on one session", () => {
         ])
       })))
 
+  it.live("holds at most 64 tasks: the rest of a backlog waits for the next row", () =>
+    inRow(["SELECT pg_sleep(0.5)", ...Array<string>(99).fill("SELECT 1")], (ids) =>
+      Effect.gen(function*() {
+        // While the row's first task sleeps, its row is running and the
+        // rest of the backlog is claimed or waiting to be.
+        const running = yield* Effect.promise(() =>
+          eventually(() => rowsOf(ids), (rows) => rows[0]!.state === "WORK" && rows[1]!.state === "WORK", 10)
+        )
+        const working = running.filter((row) => row.state === "WORK")
+        expect(working.length).toBe(64)
+        expect(new Set(working.map((row) => row.pid)).size).toBe(1)
+        expect(working.map((row) => row.id)).toEqual(ids.slice(0, 64))
+        const rows = yield* awaitTasks(database, ids)
+        expect(rows.every((row) => row.state === "DONE")).toBe(true)
+      })))
+
   it.live("a task that fails fails alone; the others run with their own output", () =>
     inRow(["SELECT 1/0", "SELECT 2", "SELECT no_such_column", "SELECT 4"], (ids) =>
       Effect.gen(function*() {
